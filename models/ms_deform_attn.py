@@ -1,0 +1,463 @@
+"""Multi-scale deformable attention (Deformable DETR), as ReferFormer's encoder and decoder use it.
+
+Each query looks at a few points around its reference point on every feature level instead of at
+every pixel. Per head m, level l and point p the query predicts an offset and an attention weight;
+the head's output is the attention-weighted sum of the value map bilinearly sampled at
+``reference + offset``::
+
+    out[n, q, m] = sum_{l, p} A[n, q, m, l, p] * bilinear(value_l[n, :, :, m], loc[n, q, m, l, p])
+
+Letters used in the shapes below (the paper's, added to the glossary of the project):
+
+- N: batch of frames (``B*T``: the frames of all clips are stacked in the batch axis)
+- Lq: queries (all pixels of all levels in the encoder, Q object queries in the decoder)
+- S: flattened length of the multi-level value, ``sum_l H_l * W_l`` (levels concatenated, row-major)
+- M heads, L levels, P points per head and level, C = d_model channels, D = C / M channels per head
+
+Sampling locations are normalised ``(x, y)`` in ``[0, 1]`` over the (padded) map of each level.
+Bilinear sampling follows ``F.grid_sample(..., align_corners=False, padding_mode="zeros")``: the
+pixel coordinate of ``x`` is ``x * W_l - 0.5`` and corners outside the map contribute zero.
+
+Two exact pure-PyTorch implementations of the core op are kept:
+
+- :func:`ms_deform_attn_core_pytorch` is the reference: one ``grid_sample`` per level, then a
+  weighted sum over levels and points. It materialises the sampled values of every point,
+  ``[N*M, D, Lq, L*P]``, before reducing them.
+- :func:`ms_deform_attn_core` (the default) treats the whole op as one sparse weighted sum of value
+  rows: for every query and head it lists the ``L*P*4`` bilinear corners as row indices into the
+  flattened value ``[N*S*M, D]`` and folds the bilinear and attention weights into one weight per
+  corner, then reduces them with ``F.embedding_bag(mode="sum", per_sample_weights=...)``. Nothing of
+  size ``D`` per point is ever materialised, forward or backward, and the value needs no transpose.
+  The gradients of value and of the per-corner weights come from ``embedding_bag``'s own backward;
+  gradients of locations and attention weights flow through the elementwise corner weights.
+  Summation order differs from the reference, so results agree to float rounding.
+
+Both run in float32 (float64 stays float64) with autocast disabled, and return the dtype of
+``value``. The original CUDA kernel is not needed; no compilation happens anywhere.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+# Number of bilinear corners per sampling point.
+NUM_CORNERS = 4
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 if any input is float64 (gradcheck), else float32 (half/bfloat16 are upcast)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def ms_deform_attn_core_pytorch(
+    value: Tensor, value_spatial_shapes: Tensor, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """Reference core op: per-level ``grid_sample``, then the attention-weighted sum.
+
+    Args:
+        value: ``[N, S, M, D]`` values of all levels, flattened row-major and concatenated.
+        value_spatial_shapes: ``[L, 2]`` long, ``(H_l, W_l)`` per level.
+        sampling_locations: ``[N, Lq, M, L, P, 2]`` normalised ``(x, y)``.
+        attention_weights: ``[N, Lq, M, L, P]``.
+
+    Returns:
+        ``[N, Lq, M*D]`` (head-major channels), in the dtype of ``value``.
+    """
+    out_dtype = value.dtype
+    dtype = _compute_dtype(value, sampling_locations, attention_weights)
+    with torch.autocast(value.device.type, enabled=False):
+        value, sampling_locations, attention_weights = (
+            t.to(dtype) for t in (value, sampling_locations, attention_weights)
+        )
+        n, _, m, d = value.shape
+        _, lq, _, num_levels, num_points, _ = sampling_locations.shape
+        shapes = value_spatial_shapes.tolist()
+        value_per_level = value.split([h * w for h, w in shapes], dim=1)
+        grids = 2 * sampling_locations - 1  # grid_sample's [-1, 1] convention
+        sampled = []
+        for level, (h, w) in enumerate(shapes):
+            value_l = value_per_level[level].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)  # [N*M, D, H, W]
+            grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # [N*M, Lq, P, 2]
+            sampled.append(
+                F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+            )  # [N*M, D, Lq, P]
+        sampled_values = torch.stack(sampled, dim=-2).flatten(-2)  # [N*M, D, Lq, L*P]
+        weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels * num_points)
+        output = (sampled_values * weights).sum(-1).view(n, m * d, lq)
+        output = output.transpose(1, 2).contiguous()  # [N, Lq, M*D]
+    return output.to(out_dtype)
+
+
+def _pad_levels(value: Tensor, shapes: list[tuple[int, int]]) -> Tensor:
+    """Surround every level of ``value [N, S, M, D]`` with a one-pixel zero border.
+
+    Returns ``[N, Spad, M, D]`` with ``Spad = sum_l (H_l + 2) * (W_l + 2)``, levels concatenated row-major.
+    """
+    n, _, m, d = value.shape
+    levels = value.split([h * w for h, w in shapes], dim=1)
+    padded = [
+        F.pad(level.view(n, h, w, m, d), (0, 0, 0, 0, 1, 1, 1, 1)).view(n, (h + 2) * (w + 2), m, d)
+        for level, (h, w) in zip(levels, shapes)
+    ]
+    return torch.cat(padded, dim=1)
+
+
+def _unpad_levels(padded: Tensor, shapes: list[tuple[int, int]]) -> Tensor:
+    """Inverse of :func:`_pad_levels`: ``[N, Spad, M, D]`` → ``[N, S, M, D]`` without the borders."""
+    n, _, m, d = padded.shape
+    levels = padded.split([(h + 2) * (w + 2) for h, w in shapes], dim=1)
+    inner = [
+        level.view(n, h + 2, w + 2, m, d)[:, 1 : h + 1, 1 : w + 1].reshape(n, h * w, m, d)
+        for level, (h, w) in zip(levels, shapes)
+    ]
+    return torch.cat(inner, dim=1)
+
+
+class _BilinearCorners:
+    """Bilinear corners of every sampling point, as rows of the padded value ``[N*Spad*M, D]``.
+
+    With a one-pixel zero border around each level, the 2×2 corners of any point whose top-left
+    corner ``(x0, y0)`` lies in ``[-1, W-1] × [-1, H-1]`` are all rows of the padded table, and the
+    border rows hold zeros: this is exactly grid_sample's zero padding, with no per-corner mask.
+    Points further out ("outside") get attention 0 and an arbitrary in-table anchor.
+
+    Per point (all ``[N, Lq, M, L, P]``): ``anchor`` (int row of the top-left corner), ``fx``, ``fy``
+    (fractional position in the cell), ``attention`` (attention weight, zero when outside) and
+    ``inside``. Per bag ``(n, q, m)``: ``index`` and ``weight`` ``[N*Lq*M, 4*L*P]``, corner-major
+    (top-left, top-right, bottom-left, bottom-right), the weight folding bilinear and attention weights.
+    ``corner_shift [4, L]`` is the row offset of each corner from the anchor per level.
+    """
+
+    def __init__(
+        self, shapes: list[tuple[int, int]], n: int, m: int, sampling_locations: Tensor, attention_weights: Tensor
+    ) -> None:
+        _, lq, _, num_levels, num_points, _ = sampling_locations.shape
+        device, dtype = sampling_locations.device, sampling_locations.dtype
+        padded_sizes = [(h + 2) * (w + 2) for h, w in shapes]
+        self.num_rows = n * sum(padded_sizes) * m
+        # int32 indices halve index memory and traffic; embedding_bag accepts both.
+        index_dtype = torch.int32 if self.num_rows < 2**31 else torch.int64
+
+        heights = torch.tensor([h for h, _ in shapes], device=device, dtype=dtype).view(num_levels, 1)
+        widths = torch.tensor([w for _, w in shapes], device=device, dtype=dtype).view(num_levels, 1)
+        padded_widths = torch.tensor([w + 2 for _, w in shapes], device=device, dtype=index_dtype)
+        padded_starts = torch.tensor([0, *padded_sizes[:-1]], device=device, dtype=index_dtype).cumsum(0)
+
+        # Pixel coordinates under align_corners=False: x * W - 0.5.
+        x = sampling_locations[..., 0] * widths - 0.5  # [N, Lq, M, L, P]
+        y = sampling_locations[..., 1] * heights - 0.5  # [N, Lq, M, L, P]
+        x0 = x.floor()
+        y0 = y.floor()
+        self.fx = x - x0
+        self.fy = y - y0
+        self.inside = (x0 >= -1) & (x0 <= widths - 1) & (y0 >= -1) & (y0 <= heights - 1)
+        self.attention = attention_weights * self.inside
+        # Top-left corner in padded pixels, in [0, W] × [0, H].
+        col = torch.where(self.inside, x0 + 1, 0).to(index_dtype)
+        row = torch.where(self.inside, y0 + 1, 0).to(index_dtype)
+        # Row of (n, padded pixel, m) in the padded table viewed [N*Spad*M, D].
+        bag_base = (
+            torch.arange(n, device=device, dtype=index_dtype).view(n, 1, 1, 1, 1) * (self.num_rows // n)
+            + torch.arange(m, device=device, dtype=index_dtype).view(1, 1, m, 1, 1)
+        )  # [N, 1, M, 1, 1]
+        pixel = padded_starts.view(num_levels, 1) + row * padded_widths.view(num_levels, 1) + col
+        self.anchor = bag_base + pixel * m  # [N, Lq, M, L, P]
+
+        ones = torch.ones_like(padded_widths)
+        self.corner_shift = torch.stack([ones * 0, ones, padded_widths, padded_widths + 1]) * m  # [4, L]
+        num_bags = n * lq * m
+        self.index = (
+            self.anchor.view(num_bags, 1, num_levels, num_points) + self.corner_shift.view(1, 4, num_levels, 1)
+        ).view(num_bags, NUM_CORNERS * num_levels * num_points)
+
+        fx = self.fx.view(num_bags, num_levels * num_points)
+        fy = self.fy.view(num_bags, num_levels * num_points)
+        attention = self.attention.view(num_bags, num_levels * num_points)
+        top = attention * (1 - fy)
+        bottom = attention * fy
+        self.weight = torch.stack([top * (1 - fx), top * fx, bottom * (1 - fx), bottom * fx], dim=1)
+        self.weight = self.weight.view(num_bags, NUM_CORNERS * num_levels * num_points)
+
+
+class _SparseBilinearAttention(torch.autograd.Function):
+    """``out[bag] = sum_k weight[bag, k] * padded_value[index[bag, k]]`` with hand-written backward.
+
+    Forward is one ``embedding_bag``. Backward:
+
+    - value: the transpose scatter, done as a gather too. Points are sorted once by anchor row;
+      for each corner the sorted order is also sorted by target row (the corner lies in the
+      anchor's level, a fixed shift away), so ``embedding_bag`` over ``grad_output`` rows with
+      offsets from ``bincount`` sums every target row's contributions without atomics or
+      ``[points, D]`` temporaries.
+    - per-corner weights: ``<grad_output[bag], value[row]>`` from ``embedding_bag``'s own
+      per-sample-weight gradient (the forward is recomputed for it), then the chain rule through
+      the bilinear weights to locations and attention weights in closed form.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        value: Tensor,
+        shapes: list[tuple[int, int]],
+        sampling_locations: Tensor,
+        attention_weights: Tensor,
+    ) -> Tensor:
+        n, _, m, d = value.shape
+        lq = sampling_locations.shape[1]
+        corners = _BilinearCorners(shapes, n, m, sampling_locations, attention_weights)
+        table = _pad_levels(value, shapes).view(corners.num_rows, d)  # [N*Spad*M, D]
+        output = F.embedding_bag(corners.index, table, mode="sum", per_sample_weights=corners.weight)
+        ctx.save_for_backward(
+            table, corners.index, corners.weight, corners.anchor, corners.corner_shift,
+            corners.fx, corners.fy, corners.attention, corners.inside,
+        )  # fmt: skip
+        ctx.shapes = shapes
+        return output.view(n, lq, m * d)  # [N, Lq, M*D]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        table, index, weight, anchor, corner_shift, fx, fy, attention, inside = ctx.saved_tensors
+        shapes = ctx.shapes
+        n, lq, m, num_levels, num_points = anchor.shape
+        d = table.shape[1]
+        num_bags = n * lq * m
+        points_per_bag = num_levels * num_points
+        grad_bags = grad_output.reshape(num_bags, d)  # [N*Lq*M, D]
+        grad_value = grad_locations = grad_attention = None
+
+        if ctx.needs_input_grad[0]:
+            sorted_anchor, order = anchor.view(-1).sort()
+            bag_of_point = order // points_per_bag
+            level_of_point = (order // num_points) % num_levels
+            point_weight = weight.view(num_bags, NUM_CORNERS, points_per_bag).transpose(1, 2)
+            point_weight = point_weight.reshape(-1, NUM_CORNERS)[order].t().contiguous()  # [4, points], sorted
+            grad_table = torch.zeros_like(table)  # [N*Spad*M, D]
+            for corner in range(NUM_CORNERS):
+                target = sorted_anchor + corner_shift[corner][level_of_point]
+                counts = torch.bincount(target, minlength=table.shape[0])
+                offsets = counts.cumsum(0) - counts
+                grad_table += F.embedding_bag(
+                    bag_of_point, grad_bags, offsets, mode="sum", per_sample_weights=point_weight[corner]
+                )
+            grad_value = _unpad_levels(grad_table.view(n, -1, m, d), shapes)  # [N, S, M, D]
+
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            with torch.enable_grad():
+                corner_weight = weight.detach().requires_grad_()
+                resampled = F.embedding_bag(index, table, mode="sum", per_sample_weights=corner_weight)
+                (grad_weight,) = torch.autograd.grad(resampled, corner_weight, grad_bags)
+            g00, g01, g10, g11 = grad_weight.view(num_bags, NUM_CORNERS, points_per_bag).unbind(1)
+            fx = fx.view(num_bags, points_per_bag)
+            fy = fy.view(num_bags, points_per_bag)
+            if ctx.needs_input_grad[3]:
+                grad_attention = (1 - fy) * (g00 * (1 - fx) + g01 * fx) + fy * (g10 * (1 - fx) + g11 * fx)
+                grad_attention = grad_attention.view_as(inside) * inside
+            if ctx.needs_input_grad[2]:
+                attention = attention.view(num_bags, points_per_bag)
+                heights = torch.tensor([h for h, _ in shapes], device=fx.device, dtype=fx.dtype)
+                widths = torch.tensor([w for _, w in shapes], device=fx.device, dtype=fx.dtype)
+                grad_fx = attention * ((1 - fy) * (g01 - g00) + fy * (g11 - g10))
+                grad_fy = attention * ((1 - fx) * (g10 - g00) + fx * (g11 - g01))
+                grad_locations = torch.stack(
+                    [
+                        grad_fx.view(n, lq, m, num_levels, num_points) * widths.view(num_levels, 1),
+                        grad_fy.view(n, lq, m, num_levels, num_points) * heights.view(num_levels, 1),
+                    ],
+                    dim=-1,
+                )  # [N, Lq, M, L, P, 2]
+        return grad_value, None, grad_locations, grad_attention
+
+
+def ms_deform_attn_core(
+    value: Tensor,
+    value_spatial_shapes: Tensor | list[tuple[int, int]],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """Core op as one sparse weighted sum of value rows (``F.embedding_bag``); the default.
+
+    Same result as :func:`ms_deform_attn_core_pytorch` up to float rounding, forward and backward,
+    including zero padding outside the maps (where a point sits within rounding of a pixel
+    boundary, the two may floor it differently, and the location gradient, which is discontinuous
+    there, may differ). Not twice differentiable.
+
+    Args:
+        value: ``[N, S, M, D]`` values of all levels, flattened row-major and concatenated.
+        value_spatial_shapes: ``[L, 2]`` long ``(H_l, W_l)`` per level, or the same as a list of pairs
+            (saves a host synchronisation when the caller already has it).
+        sampling_locations: ``[N, Lq, M, L, P, 2]`` normalised ``(x, y)``.
+        attention_weights: ``[N, Lq, M, L, P]``.
+
+    Returns:
+        ``[N, Lq, M*D]`` (head-major channels), in the dtype of ``value``.
+    """
+    shapes = value_spatial_shapes.tolist() if isinstance(value_spatial_shapes, Tensor) else value_spatial_shapes
+    shapes = [(int(h), int(w)) for h, w in shapes]
+    out_dtype = value.dtype
+    dtype = _compute_dtype(value, sampling_locations, attention_weights)
+    with torch.autocast(value.device.type, enabled=False):
+        output = _SparseBilinearAttention.apply(
+            value.to(dtype), shapes, sampling_locations.to(dtype), attention_weights.to(dtype)
+        )
+    return output.to(out_dtype)
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention with the original's parameter names and initialisation.
+
+    Args:
+        d_model: channels C of queries, values and output.
+        n_levels: feature levels L.
+        n_heads: attention heads M; must divide ``d_model``.
+        n_points: sampling points P per head and level.
+    """
+
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4) -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model must be divisible by n_heads, but got d_model={d_model}, n_heads={n_heads}")
+        # Kept for state compatibility with the original CUDA op (its batch chunk size); unused here.
+        self.im2col_step = 64
+        self.d_model = d_model
+        self.n_levels = n_levels
+        self.n_heads = n_heads
+        self.n_points = n_points
+
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        """Offsets start on rays in M evenly spaced directions, point p at distance p+1 (in pixels of
+        each level); attention starts uniform; projections are Xavier-uniform."""
+        nn.init.constant_(self.sampling_offsets.weight, 0.0)
+        angles = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        directions = torch.stack([angles.cos(), angles.sin()], dim=-1)  # [M, 2]
+        directions = directions / directions.abs().max(-1, keepdim=True).values  # on the unit square
+        grid = directions.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)  # [M, L, P, 2]
+        grid = grid * torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.constant_(self.attention_weights.weight, 0.0)
+        nn.init.constant_(self.attention_weights.bias, 0.0)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.constant_(self.value_proj.bias, 0.0)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.constant_(self.output_proj.bias, 0.0)
+
+    def _check_inputs(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        input_flatten: Tensor,
+        input_spatial_shapes: Tensor,
+        input_level_start_index: Tensor,
+        input_padding_mask: Tensor | None,
+    ) -> list[tuple[int, int]]:
+        """Raise ``ValueError`` naming the expected and the given shapes of malformed inputs.
+
+        Returns the level sizes ``[(H_l, W_l)]`` as Python ints (the one host synchronisation).
+        """
+        if query.dim() != 3 or query.shape[-1] != self.d_model:
+            raise ValueError(f"query: expected [N, Lq, {self.d_model}], got {list(query.shape)}")
+        if input_flatten.dim() != 3 or input_flatten.shape[-1] != self.d_model:
+            raise ValueError(f"input_flatten: expected [N, S, {self.d_model}], got {list(input_flatten.shape)}")
+        n, lq, _ = query.shape
+        if input_flatten.shape[0] != n:
+            raise ValueError(f"input_flatten: expected batch {n} (that of query), got {input_flatten.shape[0]}")
+        expected_ref = f"[{n}, {lq}, {self.n_levels}, 2 or 4]"
+        if (
+            reference_points.dim() != 4
+            or tuple(reference_points.shape[:3]) != (n, lq, self.n_levels)
+            or reference_points.shape[-1] not in (2, 4)
+        ):
+            raise ValueError(f"reference_points: expected {expected_ref}, got {list(reference_points.shape)}")
+        if tuple(input_spatial_shapes.shape) != (self.n_levels, 2):
+            raise ValueError(
+                f"input_spatial_shapes: expected [{self.n_levels}, 2] (H, W per level), "
+                f"got {list(input_spatial_shapes.shape)}"
+            )
+        if tuple(input_level_start_index.shape) != (self.n_levels,):
+            raise ValueError(
+                f"input_level_start_index: expected [{self.n_levels}], got {list(input_level_start_index.shape)}"
+            )
+        shapes = [(int(h), int(w)) for h, w in input_spatial_shapes.tolist()]
+        total = sum(h * w for h, w in shapes)
+        if total != input_flatten.shape[1]:
+            raise ValueError(
+                f"input_flatten: expected length sum(H*W) = {total} from input_spatial_shapes, "
+                f"got {input_flatten.shape[1]}"
+            )
+        if input_padding_mask is not None and tuple(input_padding_mask.shape) != tuple(input_flatten.shape[:2]):
+            raise ValueError(
+                f"input_padding_mask: expected {list(input_flatten.shape[:2])}, got {list(input_padding_mask.shape)}"
+            )
+        return shapes
+
+    def forward(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        input_flatten: Tensor,
+        input_spatial_shapes: Tensor,
+        input_level_start_index: Tensor,
+        input_padding_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Attend from each query to P points per head around its reference on every level.
+
+        Args:
+            query: ``[N, Lq, C]``.
+            reference_points: ``[N, Lq, L, 2]`` normalised ``(x, y)`` points, or ``[N, Lq, L, 4]``
+                normalised ``(cx, cy, w, h)`` boxes; the padded map of each level is ``[0, 1]``.
+            input_flatten: ``[N, S, C]`` features of all levels, flattened row-major, level after level.
+            input_spatial_shapes: ``[L, 2]`` long, ``(H_l, W_l)``.
+            input_level_start_index: ``[L]`` long, ``[0, H_0*W_0, H_0*W_0 + H_1*W_1, ...]``.
+            input_padding_mask: ``[N, S]`` bool, True at padding (its values are zeroed), or None.
+
+        Returns:
+            ``(output [N, Lq, C]`` in the dtype of ``query``, ``sampling_locations [N, Lq, M, L, P, 2]``
+            normalised ``(x, y)``, ``attention_weights [N, Lq, M, L, P]`` summing to 1 over ``(L, P)``).
+        """
+        shapes = self._check_inputs(
+            query, reference_points, input_flatten, input_spatial_shapes, input_level_start_index, input_padding_mask
+        )
+        n, lq, _ = query.shape
+        s = input_flatten.shape[1]
+        m, num_levels, num_points = self.n_heads, self.n_levels, self.n_points
+
+        value = self.value_proj(input_flatten)
+        if input_padding_mask is not None:
+            value = value.masked_fill(input_padding_mask[..., None], 0.0)
+        value = value.view(n, s, m, self.d_model // m)  # [N, S, M, D]
+
+        # Under autocast the projections run in low precision; locations are computed in float32.
+        sampling_offsets = self.sampling_offsets(query)
+        loc_dtype = torch.promote_types(sampling_offsets.dtype, torch.float32)
+        sampling_offsets = sampling_offsets.to(loc_dtype).view(n, lq, m, num_levels, num_points, 2)
+        attention_weights = self.attention_weights(query).to(loc_dtype).view(n, lq, m, num_levels * num_points)
+        attention_weights = attention_weights.softmax(-1).view(n, lq, m, num_levels, num_points)
+
+        if reference_points.shape[-1] == 2:
+            # Offsets are in pixels of each level.
+            offset_normalizer = input_spatial_shapes.flip(-1)  # [L, 2] as (W, H)
+            sampling_locations = (
+                reference_points[:, :, None, :, None, :]
+                + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
+            )
+        else:
+            # Offsets are in units of the box half-size / P.
+            sampling_locations = (
+                reference_points[:, :, None, :, None, :2]
+                + sampling_offsets / num_points * reference_points[:, :, None, :, None, 2:] * 0.5
+            )
+
+        output = ms_deform_attn_core(value, shapes, sampling_locations, attention_weights)
+        output = self.output_proj(output).to(query.dtype)
+        return output, sampling_locations, attention_weights

@@ -1,0 +1,221 @@
+"""Command-line options shared by every entry point (training, evaluation, inference, demo).
+
+Flag names, types and defaults are the original ReferFormer's (``opts.py`` of the original), so
+its scripts and recipes run unchanged. Differences, all documented in the flag's help:
+
+* ``--masks`` defaults to on: every ReferFormer model segments (the original entry points
+  forced ``args.masks = True`` after parsing).
+* Flags the original accepted but never used (:data:`NO_EFFECT_FLAGS`) are still accepted;
+  :func:`validate_args` warns when one is set.
+* New: ``--text_encoder`` (where RoBERTa and its tokenizer come from) and ``--unsafe_load``
+  (allow pickled objects in checkpoints).
+
+:func:`validate_args` rejects combinations the original could not run, and
+:func:`num_classes_for` gives the class-head size K for the options.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("ytvos", "davis", "a2d", "jhmdb", "refcoco", "refcoco+", "refcocog", "all", "joint")
+
+# Class counts K of the class head (spec 3.3). The video counts are the lengths of the category
+# tables in spec Appendix A; RefCOCO uses raw COCO category ids (1..90) as class indices.
+YTVOS_NUM_CLASSES = 65
+DAVIS_NUM_CLASSES = 78
+COCO_NUM_CLASSES = 91
+# --binary and A2D/JHMDB: one "referred object" class.
+BINARY_NUM_CLASSES = 1
+SINGLE_CLASS_DATASETS = ("a2d", "jhmdb")
+
+# The transformer sees backbone strides 8, 16, 32 plus a stride-64 level built from res5, and the
+# pixel decoder reads the encoder memory of exactly the first three: any other count breaks the
+# original (its FPN would pair memory and backbone levels of different strides).
+NUM_FEATURE_LEVELS = 4
+# input_proj normalises every level with GroupNorm(32, hidden_dim).
+INPUT_PROJ_GROUPS = 32
+# The dynamic mask head needs a first conv (features + coordinates → channels) and a last one
+# (channels → 1 mask logit); a single layer would output dynamic_mask_channels logits.
+MIN_CONTROLLER_LAYERS = 2
+
+NO_EFFECT_HELP = "(accepted for compatibility; has no effect)"
+# Flags of the original that nothing reads; kept so that old command lines still parse.
+NO_EFFECT_FLAGS = ("max_skip", "pre_norm", "remove_difficult", "eos_coef", "cache_mode")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The option parser. Use ``add_help=False`` to include it as a parent of another parser."""
+    parser = argparse.ArgumentParser("ReferFormer training and inference", add_help=add_help)
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--lr", default=1e-4, type=float)
+    optim.add_argument("--lr_backbone", default=5e-5, type=float)
+    optim.add_argument("--lr_backbone_names", default=["backbone.0"], type=str, nargs="+",
+                       help="parameters whose name contains one of these get --lr_backbone")
+    optim.add_argument("--lr_text_encoder", default=1e-5, type=float)
+    optim.add_argument("--lr_text_encoder_names", default=["text_encoder"], type=str, nargs="+",
+                       help="parameters whose name contains one of these get --lr_text_encoder")
+    optim.add_argument("--lr_linear_proj_names", default=["reference_points", "sampling_offsets"], type=str,
+                       nargs="+", help="parameters whose name contains one of these get --lr x --lr_linear_proj_mult")
+    optim.add_argument("--lr_linear_proj_mult", default=1.0, type=float)
+    optim.add_argument("--batch_size", default=1, type=int, help="clips per GPU")
+    optim.add_argument("--weight_decay", default=5e-4, type=float)
+    optim.add_argument("--epochs", default=10, type=int)
+    optim.add_argument("--lr_drop", default=[6, 8], type=int, nargs="+", help="epochs after which lr is x0.1")
+    optim.add_argument("--clip_max_norm", default=0.1, type=float, help="gradient clipping max norm (0: none)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--pretrained_weights", type=str, default=None,
+                       help="checkpoint to fine-tune from (its class head is not loaded)")
+    model.add_argument("--with_box_refine", default=False, action="store_true",
+                       help="iterative box refinement in the decoder (all released models)")
+    model.add_argument("--two_stage", default=False, action="store_true",
+                       help="two-stage Deformable DETR: not supported by ReferFormer, must stay off")
+    model.add_argument("--backbone", default="resnet50", type=str,
+                       help="resnet50, resnet101, swin_{t,s,b,l}_p4w7 or video_swin_{t,s,b}_p4w7")
+    model.add_argument("--backbone_pretrained", default=None, type=str,
+                       help="ImageNet/Kinetics weights for a Swin/Video-Swin backbone when training from scratch")
+    model.add_argument("--use_checkpoint", action="store_true",
+                       help="gradient checkpointing in Swin/Video-Swin blocks (saves memory)")
+    model.add_argument("--dilation", action="store_true",
+                       help="replace stride by dilation in the last ResNet stage (DC5)")
+    model.add_argument("--position_embedding", default="sine", type=str, choices=("sine", "learned"),
+                       help="position encoding of the frame features; only 'sine' is implemented")
+    model.add_argument("--num_feature_levels", default=4, type=int,
+                       help=f"feature levels of the deformable transformer (must be {NUM_FEATURE_LEVELS})")
+    model.add_argument("--text_encoder", default="roberta-base", type=str,
+                       help="Hugging Face model name, or a local directory in save_pretrained layout holding "
+                            "both the RoBERTa model and its tokenizer")
+
+    transformer = parser.add_argument_group("transformer")
+    transformer.add_argument("--enc_layers", default=4, type=int, help="encoder layers")
+    transformer.add_argument("--dec_layers", default=4, type=int, help="decoder layers")
+    transformer.add_argument("--dim_feedforward", default=2048, type=int,
+                             help="width of the feed-forward layers in the transformer blocks")
+    transformer.add_argument("--hidden_dim", default=256, type=int, help="width of the transformer")
+    transformer.add_argument("--dropout", default=0.1, type=float, help="dropout in the transformer")
+    transformer.add_argument("--nheads", default=8, type=int, help="attention heads in the transformer")
+    transformer.add_argument("--num_frames", default=5, type=int, help="frames per training clip")
+    transformer.add_argument("--num_queries", default=5, type=int,
+                             help="queries per frame (shared by all frames of a clip)")
+    transformer.add_argument("--dec_n_points", default=4, type=int, help="sampling points per head in the decoder")
+    transformer.add_argument("--enc_n_points", default=4, type=int, help="sampling points per head in the encoder")
+    transformer.add_argument("--pre_norm", action="store_true", help=NO_EFFECT_HELP)
+    transformer.add_argument("--freeze_text_encoder", action="store_true",
+                             help="do not train the text encoder (its dropout stays active in training)")
+
+    segmentation = parser.add_argument_group("segmentation")
+    segmentation.add_argument("--masks", default=True, action="store_true",
+                              help="always on: every ReferFormer model predicts masks (accepted for compatibility)")
+    segmentation.add_argument("--mask_dim", default=256, type=int, help="channels of the mask features")
+    segmentation.add_argument("--controller_layers", default=3, type=int,
+                              help="layers of the dynamic mask head (and of the controller MLP)")
+    segmentation.add_argument("--dynamic_mask_channels", default=8, type=int,
+                              help="channels of the dynamic mask head's hidden layers")
+    segmentation.add_argument("--no_rel_coord", dest="rel_coord", action="store_false",
+                              help="do not give the dynamic mask head relative coordinates")
+
+    loss = parser.add_argument_group("losses and matcher")
+    loss.add_argument("--no_aux_loss", dest="aux_loss", action="store_false",
+                      help="no losses on the outputs of intermediate decoder layers")
+    loss.add_argument("--set_cost_class", default=2.0, type=float, help="class weight in the matching cost")
+    loss.add_argument("--set_cost_bbox", default=5.0, type=float, help="L1 box weight in the matching cost")
+    loss.add_argument("--set_cost_giou", default=2.0, type=float, help="GIoU weight in the matching cost")
+    loss.add_argument("--set_cost_mask", default=2.0, type=float, help="mask focal weight in the matching cost")
+    loss.add_argument("--set_cost_dice", default=5.0, type=float, help="dice weight in the matching cost")
+    loss.add_argument("--mask_loss_coef", default=2.0, type=float)
+    loss.add_argument("--dice_loss_coef", default=5.0, type=float)
+    loss.add_argument("--cls_loss_coef", default=2.0, type=float)
+    loss.add_argument("--bbox_loss_coef", default=5.0, type=float)
+    loss.add_argument("--giou_loss_coef", default=2.0, type=float)
+    loss.add_argument("--eos_coef", default=0.1, type=float, help=NO_EFFECT_HELP)
+    loss.add_argument("--focal_alpha", default=0.25, type=float, help="alpha of the class focal loss")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_file", default="ytvos", choices=DATASETS,
+                      help="'all': RefCOCO/+/g together (pretraining); 'joint': Ref-YTVOS + RefCOCO/+/g")
+    data.add_argument("--coco_path", type=str, default="data/coco")
+    data.add_argument("--ytvos_path", type=str, default="data/ref-youtube-vos")
+    data.add_argument("--davis_path", type=str, default="data/ref-davis")
+    data.add_argument("--a2d_path", type=str, default="data/a2d_sentences")
+    data.add_argument("--jhmdb_path", type=str, default="data/jhmdb_sentences")
+    data.add_argument("--max_skip", default=3, type=int, help=NO_EFFECT_HELP)
+    data.add_argument("--max_size", default=640, type=int, help="longest side of a resized frame")
+    data.add_argument("--binary", action="store_true", help="one 'referred object' class instead of categories")
+    data.add_argument("--remove_difficult", action="store_true", help=NO_EFFECT_HELP)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", default="output", help="where to save checkpoints, logs and predictions")
+    run.add_argument("--device", default="cuda", help="device for training and testing")
+    run.add_argument("--seed", default=42, type=int)
+    run.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --eval)")
+    run.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
+    run.add_argument("--eval", action="store_true", help="evaluate only (A2D/JHMDB, RefCOCO/+/g)")
+    run.add_argument("--num_workers", default=4, type=int)
+    run.add_argument("--unsafe_load", action="store_true",
+                     help="allow pickled Python objects in checkpoints (torch.load weights_only=False); "
+                          "only for trusted files")
+
+    test = parser.add_argument_group("inference")
+    test.add_argument("--threshold", default=0.5, type=float,
+                      help="mask probability threshold (A2D/JHMDB evaluation always uses 0.5)")
+    test.add_argument("--ngpu", default=8, type=int, help="GPUs for Ref-YTVOS / Ref-DAVIS inference")
+    test.add_argument("--split", default="valid", type=str, choices=("valid", "test"))
+    test.add_argument("--visualize", action="store_true", help="also save frames with the predicted masks drawn")
+
+    distributed = parser.add_argument_group("distributed")
+    distributed.add_argument("--world_size", default=1, type=int, help="number of distributed processes")
+    distributed.add_argument("--dist_url", default="env://", help="url used to set up distributed training")
+    distributed.add_argument("--cache_mode", default=False, action="store_true", help=NO_EFFECT_HELP)
+    return parser
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Reject option combinations the model cannot run; warn about options that do nothing.
+
+    Raises:
+        ValueError: naming the offending flag(s) and what would work.
+    """
+    errors = []
+    if args.two_stage:
+        errors.append("--two_stage is not supported: ReferFormer's queries come from the text, not from encoder "
+                      "proposals; drop the flag")
+    if args.position_embedding != "sine":
+        errors.append(f"--position_embedding {args.position_embedding} is not implemented (the original raises "
+                      "too); use 'sine'")
+    if args.num_feature_levels != NUM_FEATURE_LEVELS:
+        errors.append(f"--num_feature_levels {args.num_feature_levels} is not supported: the pixel decoder needs "
+                      f"exactly {NUM_FEATURE_LEVELS} levels (strides 8, 16, 32 and 64)")
+    if args.hidden_dim % args.nheads:
+        errors.append(f"--hidden_dim {args.hidden_dim} is not divisible by --nheads {args.nheads}")
+    if args.hidden_dim % INPUT_PROJ_GROUPS:
+        errors.append(f"--hidden_dim {args.hidden_dim} is not divisible by {INPUT_PROJ_GROUPS} "
+                      "(the GroupNorm groups of the input projections)")
+    if args.dynamic_mask_channels < 1:
+        errors.append(f"--dynamic_mask_channels must be at least 1, got {args.dynamic_mask_channels}")
+    if args.controller_layers < MIN_CONTROLLER_LAYERS:
+        errors.append(f"--controller_layers must be at least {MIN_CONTROLLER_LAYERS}, got {args.controller_layers}")
+    for flag in ("num_frames", "num_queries", "dec_layers", "enc_n_points", "dec_n_points", "batch_size"):
+        if getattr(args, flag) < 1:
+            errors.append(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if errors:
+        raise ValueError("invalid options:\n  " + "\n  ".join(errors))
+
+    defaults = get_args_parser(add_help=False)
+    for flag in NO_EFFECT_FLAGS:
+        if getattr(args, flag) != defaults.get_default(flag):
+            logger.warning("--%s is accepted for compatibility with the original but has no effect", flag)
+
+
+def num_classes_for(args: argparse.Namespace) -> int:
+    """Size K of the class head (spec 3.3): 1 with ``--binary``, else from ``--dataset_file``."""
+    if args.binary or args.dataset_file in SINGLE_CLASS_DATASETS:
+        return BINARY_NUM_CLASSES
+    if args.dataset_file == "ytvos":
+        return YTVOS_NUM_CLASSES
+    if args.dataset_file == "davis":
+        return DAVIS_NUM_CLASSES
+    return COCO_NUM_CLASSES

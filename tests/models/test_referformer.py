@@ -1,0 +1,128 @@
+"""Behaviour of the whole model beyond the golden cases: other options, invariances, bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.golden import TOKENIZER_DIR, load_case
+from tools.run_reference_case import build_args, fill_by_rule
+from util.nested_tensor import nested_tensor_from_videos_list
+
+TINY_TEXT_CONFIG = load_case("model_eval_r50.pt")["text_encoder_config"]
+
+
+def build_tiny_model(**overrides):
+    from models import build_model
+    from models.text_encoder import load_tokenizer, text_encoder_from_config
+
+    opts = {
+        "backbone": "resnet50", "with_box_refine": True, "binary": True, "freeze_text_encoder": True,
+        "hidden_dim": 64, "dim_feedforward": 64, "enc_layers": 2, "dec_layers": 2, "num_queries": 3, "mask_dim": 64,
+        "device": "cpu",
+    }
+    opts.update(overrides)
+    model, criterion, _ = build_model(
+        build_args(opts), text_encoder=text_encoder_from_config(TINY_TEXT_CONFIG), tokenizer=load_tokenizer(str(TOKENIZER_DIR))
+    )
+    fill_by_rule(model)
+    return model.eval(), criterion
+
+
+def random_clips(sizes, frames, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(frames, 3, h, w, generator=generator) for h, w in sizes]
+
+
+def targets_for(clips):
+    return [{"size": torch.tensor(clip.shape[-2:])} for clip in clips]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return build_tiny_model()
+
+
+def test_output_shapes_for_unpadded_list_input(tiny_model):
+    model, _ = tiny_model
+    clips = random_clips([(70, 90)], frames=2)
+    with torch.no_grad():
+        out = model(clips, ["a red car"], targets_for(clips))
+    assert out["pred_logits"].shape == (1, 2, 3, 1)
+    assert out["pred_boxes"].shape == (1, 2, 3, 4)
+    # a plain list is padded without rounding (inference scripts): masks at ceil(70/4) x ceil(90/4)
+    assert out["pred_masks"].shape == (1, 2, 3, 18, 23)
+    assert len(out["aux_outputs"]) == 1
+    assert out["reference_points"].shape == (1, 2, 3, 2)
+    assert ((out["pred_boxes"] > 0) & (out["pred_boxes"] < 1)).all()
+
+
+def test_clip_result_does_not_depend_on_batch_companions(tiny_model):
+    """A clip batched with another (same size, longer caption) gives the same outputs as alone."""
+    model, _ = tiny_model
+    clips = random_clips([(64, 64), (64, 64)], frames=2, seed=1)
+    captions = ["the dog", "a small animal hiding in the grass on the left"]
+    with torch.no_grad():
+        together = model(nested_tensor_from_videos_list(clips, 32), captions, targets_for(clips))
+        alone = model(nested_tensor_from_videos_list(clips[:1], 32), captions[:1], targets_for(clips[:1]))
+    for key in ("pred_logits", "pred_boxes", "pred_masks"):
+        torch.testing.assert_close(together[key][:1], alone[key], rtol=1e-4, atol=1e-5)
+
+
+def test_without_box_refinement_heads_are_shared():
+    model, _ = build_tiny_model(with_box_refine=False)
+    assert model.class_embed[0] is model.class_embed[1]
+    assert model.transformer.decoder.bbox_embed is None
+    assert not any(k.startswith("transformer.decoder.bbox_embed") for k in model.state_dict())
+    clips = random_clips([(64, 64)], frames=1)
+    with torch.no_grad():
+        out = model(clips, ["a cat"], targets_for(clips))
+    assert out["pred_masks"].shape == (1, 1, 3, 16, 16)
+
+
+def test_valid_indices_select_one_frame_per_clip(tiny_model):
+    model, _ = tiny_model
+    clips = random_clips([(64, 64), (64, 64)], frames=3, seed=2)
+    targets = [{"size": torch.tensor([64, 64]), "valid_indices": torch.tensor(i)} for i in (2, 0)]
+    with torch.no_grad():
+        out = model(nested_tensor_from_videos_list(clips, 32), ["a man", "a woman"], targets)
+        single = model(nested_tensor_from_videos_list([clips[0][2:]], 32), ["a man"], targets_for([clips[0][2:]]))
+    assert out["pred_masks"].shape[1] == 1
+    # with a 2-D backbone the other frames are computed and discarded, so frame 2 alone is identical
+    torch.testing.assert_close(out["pred_masks"][:1], single["pred_masks"], rtol=1e-4, atol=1e-5)
+
+
+def test_train_mode_has_no_reference_points_and_losses_backpropagate():
+    model, criterion = build_tiny_model()
+    model.train()
+    clips = random_clips([(64, 64)], frames=2, seed=3)
+    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
+    mask[:, 10:30, 20:50] = True
+    targets = [{
+        "size": torch.tensor([64, 64]), "labels": torch.zeros(2, dtype=torch.long),
+        "boxes": torch.tensor([[35 / 64, 20 / 64, 30 / 64, 20 / 64]] * 2), "masks": mask, "valid": torch.ones(2, dtype=torch.long),
+    }]
+    out = model(nested_tensor_from_videos_list(clips, 32), ["a box"], targets)
+    assert "reference_points" not in out
+    losses = criterion(out, targets)
+    total = sum(losses[k] * criterion.weight_dict[k] for k in losses)
+    total.backward()
+    assert torch.isfinite(total)
+    assert model.controller.layers[0].weight.grad is not None
+    assert all(p.grad is None for p in model.text_encoder.parameters())  # frozen
+
+
+@pytest.mark.parametrize(
+    "captions, match",
+    [(["a dog", ""], "empty"), (["a dog"], "2 captions|B captions|1 captions"), (["word " * 600, "a dog"], "tokens")],
+)
+def test_bad_captions_are_rejected(tiny_model, captions, match):
+    model, _ = tiny_model
+    clips = random_clips([(64, 64), (64, 64)], frames=1)
+    with pytest.raises(ValueError, match=match):
+        model(nested_tensor_from_videos_list(clips, 32), captions, targets_for(clips))
+
+
+def test_wrong_input_rank_is_rejected(tiny_model):
+    model, _ = tiny_model
+    with pytest.raises(ValueError, match=r"\[T, 3, H, W\]"):
+        model([torch.randn(3, 64, 64)], ["a dog"], [{"size": torch.tensor([64, 64])}])

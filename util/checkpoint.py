@@ -1,0 +1,310 @@
+"""Reading, converting, loading and writing checkpoints: the one place that knows their layout.
+
+A training checkpoint of the original (and of this re-implementation) is a dict
+``{"model": state_dict, "optimizer": ..., "lr_scheduler": ..., "epoch": int,
+"args": argparse.Namespace}``; the original wrote it with the legacy (non-zip) serialisation.
+Loaders read ``"model"`` (and the rest only to resume training).
+
+The three steps, each usable alone:
+
+1. :func:`load_checkpoint` — ``torch.load`` on the CPU, ``weights_only=True`` by default with
+   ``argparse.Namespace`` allowed (the only non-tensor class in the original's checkpoints).
+2. :func:`model_state_from_checkpoint` — the single conversion from a checkpoint's state dict to
+   this code base's parameter names: strips a DDP ``module.`` prefix and drops keys that older
+   library versions persisted but the model no longer has.
+3. :func:`load_model_state` — loads into a model, strict by default, with an error that lists
+   missing, unexpected and wrongly shaped keys; keeps tied parameters tied.
+
+:func:`save_checkpoint` writes atomically (temporary file + rename);
+:func:`load_resnet_imagenet_weights` reads torchvision's ImageNet ResNet files.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import re
+import uuid
+from collections import OrderedDict, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+# Classes a checkpoint may contain besides tensors and plain Python containers
+# (``args`` is an argparse.Namespace in the original's training checkpoints).
+SAFE_CHECKPOINT_GLOBALS = (argparse.Namespace,)
+# Key prefix added by DistributedDataParallel when a wrapped model's state dict is saved.
+DDP_PREFIX = "module."
+# Keys some checkpoints hold that no module of ours has: RoBERTa buffers that older transformers
+# versions persisted (position_ids before 4.31; token_type_ids only in some conversions).
+STALE_KEYS = frozenset({"text_encoder.embeddings.position_ids", "text_encoder.embeddings.token_type_ids"})
+# Counters left by profiling hooks (thop), and BatchNorm step counters: the ResNet uses
+# FrozenBatchNorm2d, which has no such buffer, and no other BatchNorm exists in the model.
+STALE_KEY_SUFFIXES = ("total_ops", "total_params", "num_batches_tracked")
+# The ImageNet classifier of torchvision ResNets, which the backbone body does not have.
+RESNET_CLASSIFIER_PREFIX = "fc."
+# How many keys of each kind a mismatch error lists before summarising.
+MAX_LISTED_KEYS = 20
+
+
+class CheckpointMismatchError(ValueError):
+    """A state dict does not fit the model (missing, unexpected or wrongly shaped keys)."""
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint needs pickled objects that ``weights_only`` loading refuses."""
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """Keys that did not load (non-strict mode): model keys absent from the checkpoint, and
+    checkpoint keys the model does not have. Tied aliases filled from each other are not missing."""
+
+    missing_keys: tuple[str, ...] = ()
+    unexpected_keys: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing_keys and not self.unexpected_keys
+
+
+def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True) -> dict:
+    """Read a checkpoint file onto the CPU (zip or legacy serialisation).
+
+    Args:
+        path: checkpoint file.
+        weights_only: refuse pickled objects other than tensors, plain containers and
+            :data:`SAFE_CHECKPOINT_GLOBALS`. Pass ``False`` only for files you trust: unpickling can
+            run arbitrary code.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        UnsafeCheckpointError: ``weights_only`` loading refused the file's contents.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        with torch.serialization.safe_globals(list(SAFE_CHECKPOINT_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as err:
+        if not weights_only:
+            raise pickle.UnpicklingError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+        raise UnsafeCheckpointError(
+            f"{path} could not be loaded with weights_only=True: {_weights_only_reason(str(err))}. "
+            "If you trust this file, load it with weights_only=False (command line: --unsafe_load); "
+            "unpickling an untrusted file can run arbitrary code."
+        ) from err
+
+
+def _weights_only_reason(message: str) -> str:
+    """The short reason out of torch's long weights_only error message."""
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    if unsupported:
+        return f"it contains a pickled {unsupported.group(1)}, which is not allow-listed"
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", message)
+    return detail.group(1).strip() if detail else "the weights-only unpickler refused it"
+
+
+def model_state_from_checkpoint(checkpoint: Mapping[str, Any], *, source: str | None = None) -> dict[str, Tensor]:
+    """The model state dict of a checkpoint, converted to this code base's key names.
+
+    This is the one conversion every loader goes through; key renames for foreign checkpoints
+    belong here. It
+
+    * takes ``checkpoint["model"]``, or ``checkpoint`` itself if it is a bare state dict;
+    * strips the DDP prefix ``module.`` when every key carries it;
+    * drops :data:`STALE_KEYS` and keys ending in :data:`STALE_KEY_SUFFIXES`.
+
+    The result keeps the state dict's ``_metadata`` (module versions), re-keyed the same way.
+
+    Args:
+        checkpoint: what :func:`load_checkpoint` returned.
+        source: file name for error messages.
+    """
+    where = f" in {source}" if source else ""
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping) or not all(isinstance(value, Tensor) for value in state.values()):
+        top_level = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+        raise ValueError(
+            f"no model state dict{where}: expected a dict of tensors, or a checkpoint whose 'model' entry is one; "
+            f"found {top_level}"
+        )
+    strip_prefix = bool(state) and all(key.startswith(DDP_PREFIX) for key in state)
+    converted: OrderedDict[str, Tensor] = OrderedDict()
+    dropped = []
+    for key, value in state.items():
+        new_key = key[len(DDP_PREFIX):] if strip_prefix else key
+        if new_key in STALE_KEYS or new_key.endswith(STALE_KEY_SUFFIXES):
+            dropped.append(new_key)
+        else:
+            converted[new_key] = value
+    if dropped:
+        logger.info("dropped %d stale checkpoint keys%s: %s", len(dropped), where, _first_keys(dropped))
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        converted._metadata = _convert_metadata(metadata, strip_prefix)  # type: ignore[attr-defined]
+    return converted
+
+
+def _convert_metadata(metadata: Mapping[str, Any], strip_prefix: bool) -> OrderedDict:
+    """Re-key state-dict metadata (keys are module prefixes without the trailing dot, "" = root)."""
+    if not strip_prefix:
+        return OrderedDict(metadata)
+    ddp_root = DDP_PREFIX[:-1]
+    # The wrapped model's root "module" becomes the root; the DDP wrapper's own root entry goes.
+    return OrderedDict(
+        ("" if prefix == ddp_root else prefix[len(DDP_PREFIX):], value)
+        for prefix, value in metadata.items()
+        if prefix == ddp_root or prefix.startswith(DDP_PREFIX)
+    )
+
+
+def tied_key_groups(model: nn.Module) -> list[list[str]]:
+    """Groups of state-dict keys that name one and the same tensor, in state-dict order.
+
+    With ``--with_box_refine`` the model's ``bbox_embed`` list is also registered as
+    ``transformer.decoder.bbox_embed``; without it, ``class_embed.{l}`` and ``bbox_embed.{l}``
+    repeat one module for every decoder layer.
+    """
+    groups: dict[int, list[str]] = defaultdict(list)
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        groups[id(tensor)].append(key)
+    return [keys for keys in groups.values() if len(keys) > 1]
+
+
+def load_model_state(
+    model: nn.Module, state_dict: Mapping[str, Tensor], *, strict: bool = True, source: str | None = None
+) -> LoadReport:
+    """Copy ``state_dict`` into ``model``, checking every key and shape.
+
+    Tied parameters stay tied (they are one tensor, filled in place). Their checkpoint entries
+    must agree: an original checkpoint stores the same tensor under every alias (and the golden
+    reference weights copy ``bbox_embed.*`` over ``transformer.decoder.bbox_embed.*``), so
+    disagreeing entries mean a corrupted or foreign file and are rejected rather than silently
+    resolved. If only some aliases are present (a checkpoint that stored each tensor once), the
+    others are filled from them.
+
+    Args:
+        model: the model to fill.
+        state_dict: from :func:`model_state_from_checkpoint`.
+        strict: raise if any key is missing or unexpected. Non-strict mode returns them instead.
+        source: checkpoint file name for error messages.
+
+    Returns:
+        The keys that did not load (always empty in strict mode).
+
+    Raises:
+        CheckpointMismatchError: shapes differ (in either mode), tied entries disagree, or, in
+            strict mode, keys are missing or unexpected.
+    """
+    where = f"checkpoint {source}" if source else "state dict"
+    model_state = model.state_dict()
+    state = dict(state_dict)
+    conflicts = []
+    for keys in tied_key_groups(model):
+        present = [key for key in keys if key in state]
+        if not present:
+            continue
+        reference = state[present[0]]
+        conflicts += [
+            f"{key} != {present[0]}"
+            for key in present[1:]
+            if state[key].shape != reference.shape or not torch.equal(state[key], reference)
+        ]
+        for key in keys:
+            state.setdefault(key, reference)
+    if conflicts:
+        raise CheckpointMismatchError(
+            f"{where} holds different values under names of one tied tensor (e.g. bbox_embed.* and "
+            f"transformer.decoder.bbox_embed.* with --with_box_refine), so it cannot be loaded faithfully: "
+            f"{len(conflicts)} conflicts: {_first_keys(conflicts)}"
+        )
+
+    missing = [key for key in model_state if key not in state]
+    unexpected = [key for key in state if key not in model_state]
+    mismatched = [
+        f"{key}: checkpoint {list(state[key].shape)} vs model {list(model_state[key].shape)}"
+        for key in model_state
+        if key in state and state[key].shape != model_state[key].shape
+    ]
+    if mismatched or (strict and (missing or unexpected)):
+        lines = [f"{where} does not match the model:"]
+        for label, keys in (
+            ("missing keys (in the model, not in the checkpoint)", missing),
+            ("unexpected keys (in the checkpoint, not in the model)", unexpected),
+            ("shape mismatches", mismatched),
+        ):
+            if keys:
+                lines.append(f"  {len(keys)} {label}:")
+                lines += [f"    {key}" for key in keys[:MAX_LISTED_KEYS]]
+                if len(keys) > MAX_LISTED_KEYS:
+                    lines.append(f"    ... and {len(keys) - MAX_LISTED_KEYS} more")
+        raise CheckpointMismatchError("\n".join(lines))
+
+    metadata = getattr(state_dict, "_metadata", None)
+    loadable = OrderedDict((key, value) for key, value in state.items() if key in model_state)
+    if metadata is not None:
+        loadable._metadata = metadata  # type: ignore[attr-defined]
+    model.load_state_dict(loadable, strict=False)
+    return LoadReport(missing_keys=tuple(missing), unexpected_keys=tuple(unexpected))
+
+
+def load_resnet_imagenet_weights(body: nn.Module, path: str | os.PathLike) -> None:
+    """Fill a ResNet body (torchvision module names, no ``fc``) from a torchvision ImageNet file.
+
+    The file is a bare state dict as torchvision publishes it (e.g. ``resnet50-0676ba61.pth``,
+    ``ResNet50_Weights.IMAGENET1K_V1``, which the original used). The classifier ``fc.*`` is
+    dropped; every other key must match.
+    """
+    state = model_state_from_checkpoint(load_checkpoint(path), source=str(path))
+    state = {key: value for key, value in state.items() if not key.startswith(RESNET_CLASSIFIER_PREFIX)}
+    load_model_state(body, state, source=str(path))
+
+
+def _first_keys(keys: list[str]) -> str:
+    listed = ", ".join(keys[:MAX_LISTED_KEYS])
+    return listed + (f", ... ({len(keys) - MAX_LISTED_KEYS} more)" if len(keys) > MAX_LISTED_KEYS else "")
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` that never leaves a partial file at ``path``.
+
+    Writes a temporary file in the same directory, flushes and fsyncs it, then renames it over
+    ``path`` (atomic on POSIX and Windows). If serialisation fails, ``path`` keeps its previous
+    content and the temporary file is removed. Parent directories are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "xb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable; directories cannot be opened this way on Windows."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)

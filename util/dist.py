@@ -1,0 +1,56 @@
+"""Distributed helpers; every one is a no-op (or the trivial answer) in a single process."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist_avail_and_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist_avail_and_initialized() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist_avail_and_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist_avail_and_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all processes in place (unchanged in a single process)."""
+    if is_dist_avail_and_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def reduce_dict(values: dict[str, torch.Tensor], average: bool = True) -> dict[str, torch.Tensor]:
+    """Reduce scalar tensors over all processes, keyed identically on every rank."""
+    world_size = get_world_size()
+    if world_size < 2:
+        return values
+    with torch.no_grad():
+        names = sorted(values)
+        stacked = torch.stack([values[k] for k in names])
+        dist.all_reduce(stacked)
+        if average:
+            stacked /= world_size
+        return dict(zip(names, stacked))
+
+
+def all_gather_object(obj: object) -> list[object]:
+    """Gather a picklable object from every process (a one-element list in a single process)."""
+    if get_world_size() == 1:
+        return [obj]
+    gathered: list[object] = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
