@@ -98,6 +98,14 @@ class SequenceGroundTruth:
     void: np.ndarray
     num_objects: int
 
+    @classmethod
+    def from_label_maps(cls, name: str, frames: list[str], label_maps: np.ndarray) -> "SequenceGroundTruth":
+        """Split raw annotations (integer ``[T, H, W]``, ``VOID_LABEL`` = void) into objects and void."""
+        labels = np.array(label_maps)
+        void = labels == VOID_LABEL
+        labels[void] = 0
+        return cls(name, list(frames), labels, void, int(labels[0].max()))
+
     def object_masks(self, t: int) -> np.ndarray:
         """bool ``[num_objects, H, W]``: the objects' masks in frame ``t``."""
         return self.labels[t][None] == np.arange(1, self.num_objects + 1)[:, None, None]
@@ -116,10 +124,7 @@ def read_ground_truth(davis_path: str, task: str, sequence: str) -> SequenceGrou
         if labels and label_map.shape != labels[0].shape:
             raise ValueError(f"{path} is {label_map.shape}, the sequence's first annotation is {labels[0].shape}")
         labels.append(label_map)
-    labels = np.stack(labels)  # [T, H, W]
-    void = labels == VOID_LABEL
-    labels[void] = 0
-    return SequenceGroundTruth(sequence, frames, labels, void, int(labels[0].max()))
+    return SequenceGroundTruth.from_label_maps(sequence, frames, np.stack(labels))
 
 
 def evaluated_frames(gt: SequenceGroundTruth, task: str) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,52 @@ FUSION_HEADS = 8
 # Transformer levels: backbone strides 8, 16, 32 plus one extra stride-64 level made from res5.
 NUM_BACKBONE_LEVELS = 3
 NUM_FEATURE_LEVELS = NUM_BACKBONE_LEVELS + 1
+
+
+@dataclass(frozen=True)
+class VisualFeatures:
+    """The caption-independent part of a forward pass (:meth:`ReferFormer.forward_visual`).
+
+    ``N = B*T`` frames (clip-major). Levels of ``features``/``positions`` are the backbone's
+    (strides 4, 8, 16, 32); levels of ``srcs``/``masks``/``poses`` are the transformer's
+    (strides 8, 16, 32, 64), projected to ``hidden_dim`` but not yet fused with the words.
+
+    Attributes:
+        features: backbone maps ``[N, C_l, H_l, W_l]`` with padding masks ``[N, H_l, W_l]``.
+        positions: their sine positions ``[N, C, H_l, W_l]``.
+        srcs: projected transformer levels ``[N, C, H_l, W_l]``.
+        masks: their padding masks ``[N, H_l, W_l]``; poses: their positions ``[N, C, H_l, W_l]``.
+        num_clips: B; num_frames: T.
+    """
+
+    features: list[NestedTensor]
+    positions: list[Tensor]
+    srcs: list[Tensor]
+    masks: list[Tensor]
+    poses: list[Tensor]
+    num_clips: int
+    num_frames: int
+
+    def repeat_clips(self, repeats: int) -> "VisualFeatures":
+        """Each clip repeated ``repeats`` times in a row (clip b becomes clips ``b*repeats .. b*repeats+repeats-1``),
+        so that several captions of one clip run through :meth:`ReferFormer.forward_heads` as one batch."""
+        if repeats == 1:
+            return self
+        b, t = self.num_clips, self.num_frames
+
+        def rep(x: Tensor) -> Tensor:
+            x = x.unflatten(0, (b, t))  # [B, T, ...]
+            return x.repeat_interleave(repeats, dim=0).flatten(0, 1)  # [B*repeats*T, ...]
+
+        return VisualFeatures(
+            features=[NestedTensor(rep(f.tensors), rep(f.mask)) for f in self.features],
+            positions=[rep(p) for p in self.positions],
+            srcs=[rep(s) for s in self.srcs],
+            masks=[rep(m) for m in self.masks],
+            poses=[rep(p) for p in self.poses],
+            num_clips=b * repeats,
+            num_frames=t,
+        )
 
 
 class MLP(nn.Module):
@@ -182,6 +229,10 @@ class ReferFormer(nn.Module):
             ``pred_logits [B, T, Q, K]``, ``pred_boxes [B, T, Q, 4]`` (cxcywh, normalised),
             ``pred_masks [B, T, Q, Hp/4, Wp/4]``; ``aux_outputs`` (one dict per earlier decoder
             layer) if aux loss; in eval mode ``reference_points [B, T, Q, 2]``.
+
+        The forward is :meth:`forward_visual` (everything that does not depend on the captions)
+        followed by :meth:`forward_heads`; inference calls the two separately to share the first
+        among all expressions of a clip.
         """
         if not isinstance(samples, NestedTensor):
             samples = nested_tensor_from_videos_list(samples)
@@ -191,9 +242,25 @@ class ReferFormer(nn.Module):
                 f"expected clips [B, T, 3, H, W] with B captions and B targets; got samples "
                 f"{tuple(samples.tensors.shape)}, {len(captions)} captions, {len(targets)} targets"
             )
+        return self.forward_heads(self.forward_visual(samples, targets), captions, targets)
+
+    def forward_visual(self, samples: NestedTensor | list[Tensor], targets: list[dict] | None = None) -> VisualFeatures:
+        """The caption-independent part of the forward: backbone, positions and input projections.
+
+        Args:
+            samples: as in :meth:`forward`.
+            targets: only ``valid_indices`` is read (one frame per clip is kept after the backbone);
+                ``None`` keeps every frame.
+
+        Returns:
+            :class:`VisualFeatures` of the B clips.
+        """
+        if not isinstance(samples, NestedTensor):
+            samples = nested_tensor_from_videos_list(samples)
+        b = samples.tensors.shape[0]
         features, pos, image_mask = self.backbone(samples)
         t = samples.tensors.shape[1]
-        if "valid_indices" in targets[0]:
+        if targets and "valid_indices" in targets[0]:
             frame_index = torch.tensor(
                 [i * t + int(target["valid_indices"]) for i, target in enumerate(targets)], device=image_mask.device
             )
@@ -202,22 +269,41 @@ class ReferFormer(nn.Module):
             image_mask = image_mask.index_select(0, frame_index)
             t = 1
 
-        text_word_features, text_sentence_features = self.forward_text(captions, device=image_mask.device)
-        text_pos = self.text_pos(text_word_features).permute(2, 0, 1)  # [S, B, C]
-        words, text_mask = text_word_features.decompose()
-        words = words.permute(1, 0, 2)  # [S, B, C]
-
         srcs, masks, poses = [], [], []
         for level, (feature, pos_l) in enumerate(zip(features[-NUM_BACKBONE_LEVELS:], pos[-NUM_BACKBONE_LEVELS:])):
-            srcs.append(self._fuse(self.input_proj[level](feature.tensors), b, t, words, text_mask, text_pos))
+            srcs.append(self.input_proj[level](feature.tensors))
             masks.append(feature.mask)
             poses.append(pos_l)
         # stride-64 level from the raw res5 feature (not the fused one), mask from the image mask (quirk 2)
         src = self.input_proj[NUM_BACKBONE_LEVELS](features[-1].tensors)
         mask = resize_mask(image_mask, src.shape[-2:])
         poses.append(self.backbone[1](NestedTensor(src, mask)).to(src.dtype))
-        srcs.append(self._fuse(src, b, t, words, text_mask, text_pos))
+        srcs.append(src)
         masks.append(mask)
+        return VisualFeatures(features, pos, srcs, masks, poses, num_clips=b, num_frames=t)
+
+    def forward_heads(self, visual: VisualFeatures, captions: list[str], targets: list[dict]) -> dict:
+        """Everything after :meth:`forward_visual`: text encoder, early fusion, transformer, heads, masks.
+
+        Args:
+            visual: features of B clips (:meth:`VisualFeatures.repeat` shares one clip among B captions).
+            captions: B referring expressions; targets: B dicts with ``size`` (unpadded input ``(h, w)``).
+
+        Returns:
+            the outputs of :meth:`forward`.
+        """
+        b, t = visual.num_clips, visual.num_frames
+        if b != len(captions) or b != len(targets):
+            raise ValueError(f"expected {b} captions and targets for {b} clips, got {len(captions)} and {len(targets)}")
+        features, pos = visual.features, visual.positions
+        device = visual.masks[0].device
+        text_word_features, text_sentence_features = self.forward_text(captions, device=device)
+        text_pos = self.text_pos(text_word_features).permute(2, 0, 1)  # [S, B, C]
+        words, text_mask = text_word_features.decompose()
+        words = words.permute(1, 0, 2)  # [S, B, C]
+
+        srcs = [self._fuse(src, b, t, words, text_mask, text_pos) for src in visual.srcs]
+        masks, poses = visual.masks, visual.poses
 
         query_content = text_sentence_features[:, None, None, :].expand(-1, t, self.num_queries, -1)  # [B, T, Q, C]
         hs, memory, init_reference, inter_references = self.transformer(

@@ -28,6 +28,15 @@ if str(ROOT) not in sys.path:
 
 from models import build_model  # noqa: E402
 from models.ms_deform_attn import MSDeformAttn, ms_deform_attn_core_pytorch  # noqa: E402
+from models.postprocessors import (  # noqa: E402
+    A2DSentencesPostProcess,
+    PostProcess,
+    PostProcessSegm,
+    binarize_mask_logits,
+    merge_object_probs,
+    select_best_query,
+    upsample_query_masks,
+)
 from models.text_encoder import load_tokenizer, text_encoder_from_config  # noqa: E402
 from opts import get_args_parser  # noqa: E402
 from util.nested_tensor import NestedTensor  # noqa: E402
@@ -280,11 +289,8 @@ def run_model_train(case: dict, tokenizer_dir: Path) -> dict:
 
 
 def run_msdeformattn(case: dict) -> dict:
-    inputs = case["inputs"]
-    module = MSDeformAttn(256, n_levels=inputs["spatial_shapes"].shape[0], n_heads=8, n_points=4)
-    if "opts" in case and isinstance(case["opts"], dict) and case["opts"].get("d_model"):
-        o = case["opts"]
-        module = MSDeformAttn(o["d_model"], o["n_levels"], o["n_heads"], o["n_points"])
+    inputs, opts = case["inputs"], case["opts"]
+    module = MSDeformAttn(opts["d_model"], opts["n_levels"], opts["n_heads"], opts["n_points"])
     fill_by_rule(module)
     outputs: dict[str, Any] = {}
     for part in ("enc", "dec"):
@@ -329,9 +335,33 @@ def run_keys(case: dict, tokenizer_dir: Path) -> dict:
 
 
 def run_postprocess(case: dict) -> dict:
-    from tools.reference_postprocess import run_postprocess_case
-
-    return {"outputs": run_postprocess_case(case["inputs"])}
+    """A2D, RefCOCO, Ref-YTVOS and Ref-DAVIS postprocessing of the stored model outputs."""
+    inputs = case["inputs"]
+    outputs = {key: inputs[key] for key in ("pred_logits", "pred_boxes", "pred_masks")}
+    sizes, orig_sizes, threshold = inputs["sizes"], inputs["orig_sizes"], float(inputs["threshold"])
+    refcoco = PostProcess()(outputs, orig_sizes)
+    refcoco = PostProcessSegm(threshold)(refcoco, outputs, orig_sizes, sizes)
+    ytvos, object_probs = [], []
+    for clip in range(inputs["pred_logits"].shape[0]):
+        query_index, query_scores = select_best_query(inputs["pred_logits"][clip])
+        logits = upsample_query_masks(inputs["pred_masks"][clip], query_index, orig_sizes[clip].tolist())
+        probs = logits.sigmoid()
+        ytvos.append({
+            "query_scores": query_scores, "query_index": query_index,
+            "masks": binarize_mask_logits(logits, threshold), "probs": probs,
+            "logits_chosen": inputs["pred_logits"][clip][:, query_index],
+            "boxes_chosen": inputs["pred_boxes"][clip][:, query_index],
+        })
+        # Ref-DAVIS: the clips play the objects of one video of size orig_sizes[0]
+        davis_logits = upsample_query_masks(inputs["pred_masks"][clip], query_index, orig_sizes[0].tolist())
+        object_probs.append(davis_logits.sigmoid())
+    object_probs = torch.stack(object_probs)  # [n_obj, T, H, W]
+    return {"outputs": {
+        "a2d": A2DSentencesPostProcess()(outputs, orig_sizes, sizes),
+        "refcoco": refcoco,
+        "ytvos": ytvos,
+        "davis": {"object_probs": object_probs, "label_map": merge_object_probs(object_probs)},
+    }}
 
 
 def run_case(case: dict, tokenizer_dir: Path = DEFAULT_TOKENIZER, repeat: int = 0) -> dict:

@@ -68,3 +68,60 @@ def test_eval_outputs_match_original(eval_case, eval_result):
 
 def test_eval_intermediates_match_original(eval_case, eval_result):
     compare_intermediates(eval_result["intermediates"], eval_case["intermediates"], INTERMEDIATE_REL_TOL)
+
+
+# Train case (model.train(), every dropout 0). Measured on this machine, 1 thread: losses within
+# 1.8e-7 absolute (total bit-identical); gradients within 9.1e-6 of their tensor's max magnitude
+# (worst: pixel_decoder.cross_attn_1 in_proj, itself ~2e-8), grad norms within 9.6e-6 relative.
+LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-6
+GRAD_REL_TOL = 1e-4
+GRAD_NORM_RTOL = 1e-4
+# Gradients whose magnitude is pure rounding noise (README: decoder layer 0 self-attention
+# in_proj rows 0..77, max |g| ≈ 6e-10, float32 vs float64 differ by 100%): absolute check only.
+NOISE_GRAD_SCALE = 1e-8
+
+
+@pytest.fixture(scope="module")
+def train_case():
+    return load_case("model_train_r50.pt")
+
+
+@pytest.fixture(scope="module")
+def train_result(train_case):
+    torch.set_num_threads(1)
+    return run_case(train_case, TOKENIZER_DIR)
+
+
+def test_train_outputs_and_matching_match_original(train_case, train_result):
+    train_result = train_result["outputs"]
+    compare_outputs(train_result["model_outputs"], train_case["outputs"]["model_outputs"], OUTPUT_REL_TOL)
+    as_lists = lambda indices: [[(src.tolist(), tgt.tolist()) for src, tgt in layer] for layer in indices]  # noqa: E731
+    assert as_lists(train_result["matcher_indices"]) == as_lists(train_case["outputs"]["matcher_indices"])
+
+
+def test_train_losses_match_original(train_case, train_result):
+    train_result = train_result["outputs"]
+    expected = train_case["outputs"]
+    assert train_result["weight_dict"] == expected["weight_dict"]
+    assert sorted(train_result["losses"]) == sorted(expected["losses"])
+    for name, value in expected["losses"].items():
+        torch.testing.assert_close(train_result["losses"][name], value, rtol=LOSS_RTOL, atol=LOSS_ATOL, msg=name)
+    torch.testing.assert_close(train_result["total_loss"], expected["total_loss"], rtol=LOSS_RTOL, atol=LOSS_ATOL)
+
+
+def test_train_gradients_match_original(train_case, train_result):
+    train_result = train_result["outputs"]
+    expected = train_case["outputs"]
+    assert train_result["trainable_param_names"] == expected["trainable_param_names"]
+    for name, grad in expected["grads"].items():
+        if grad.abs().max() < NOISE_GRAD_SCALE:
+            assert (train_result["grads"][name] - grad).abs().max() <= NOISE_GRAD_SCALE, name
+        else:
+            assert_close_to_scale(train_result["grads"][name], grad, GRAD_REL_TOL, name)
+    assert sorted(train_result["grad_norms"]) == sorted(expected["grad_norms"])
+    for name, norm in expected["grad_norms"].items():
+        assert train_result["grad_norms"][name] == pytest.approx(norm, rel=GRAD_NORM_RTOL, abs=NOISE_GRAD_SCALE), name
+
+
+def test_train_intermediates_match_original(train_case, train_result):
+    compare_intermediates(train_result["intermediates"], train_case["intermediates"], INTERMEDIATE_REL_TOL)

@@ -1,0 +1,173 @@
+"""Benchmark the MSDeformAttn core op: per-level grid_sample reference vs the default embedding_bag op.
+
+Shapes are ReferFormer's at its real input size: 5 frames of 360×640, levels at strides 8/16/32/64,
+256 channels, 8 heads, 4 levels, 4 points. Two scenarios:
+
+- encoder self-attention: every pixel of the 4 levels is a query, 2-D reference points;
+- decoder cross-attention: 5 object queries per frame, 4-D reference boxes.
+
+Sampling locations and attention weights come from an ``MSDeformAttn`` with its original
+initialisation plus small random projection weights, so points spread around their references as
+in a trained model (uniformly random points would make memory access artificially scattered).
+
+Reported per op (median of ``--repeat`` runs after one warm-up):
+- forward: under ``torch.no_grad()`` (inference);
+- forward+backward: forward with autograd, then backward of a random output gradient;
+- peak memory of forward+backward: the highest total size of tensors allocated during the step and
+  alive at the same time (inputs excluded), from the profiler's allocation events on CPU and from
+  ``torch.cuda.max_memory_allocated`` on CUDA.
+
+Run: ``python benchmarks/msdeform_attn.py --threads 2``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models.ms_deform_attn import MSDeformAttn, ms_deform_attn_core, ms_deform_attn_core_pytorch  # noqa: E402
+
+FRAMES = 5
+IMAGE_SIZE = (360, 640)
+STRIDES = (8, 16, 32, 64)
+D_MODEL, N_HEADS, N_POINTS = 256, 8, 4
+NUM_QUERIES = 5
+# Std of the random projection weights: offsets vary by about ±0.2 px around the initial rays.
+PROJECTION_STD = 0.01
+
+CoreOp = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def level_shapes() -> list[tuple[int, int]]:
+    """Feature sizes of the backbone levels: ceil(size / stride) → (45,80), (23,40), (12,20), (6,10)."""
+    return [(math.ceil(IMAGE_SIZE[0] / s), math.ceil(IMAGE_SIZE[1] / s)) for s in STRIDES]
+
+
+def make_inputs(scenario: str, device: torch.device, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Core-op inputs: value ``[N, S, M, D]``, shapes ``[L, 2]``, locations, weights, output gradient."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = level_shapes()
+    spatial_shapes = torch.tensor(shapes)
+    level_start_index = torch.tensor([0, *[h * w for h, w in shapes[:-1]]]).cumsum(0)
+    s = sum(h * w for h, w in shapes)
+    module = MSDeformAttn(D_MODEL, len(shapes), N_HEADS, N_POINTS)
+    with torch.no_grad():
+        module.sampling_offsets.weight.normal_(0, PROJECTION_STD, generator=generator)
+        module.attention_weights.weight.normal_(0, PROJECTION_STD, generator=generator)
+    input_flatten = torch.randn(FRAMES, s, D_MODEL, generator=generator)
+    if scenario == "encoder":
+        centres = [
+            torch.stack(torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")[::-1], -1)
+            for h, w in shapes
+        ]  # per level [H, W, 2] as (x, y)
+        reference = torch.cat([c.view(-1, 2) for c in centres])  # [S, 2]
+        reference = reference.view(1, s, 1, 2).expand(FRAMES, s, len(shapes), 2)
+        query = input_flatten + torch.randn(FRAMES, s, D_MODEL, generator=generator)
+    else:
+        centre = 0.2 + 0.6 * torch.rand(FRAMES, NUM_QUERIES, 1, 2, generator=generator)
+        size = 0.1 + 0.4 * torch.rand(FRAMES, NUM_QUERIES, 1, 2, generator=generator)
+        reference = torch.cat([centre, size], -1).expand(FRAMES, NUM_QUERIES, len(shapes), 4)
+        query = torch.randn(FRAMES, NUM_QUERIES, D_MODEL, generator=generator)
+    with torch.no_grad():
+        _, locations, weights = module(query, reference, input_flatten, spatial_shapes, level_start_index)
+        value = module.value_proj(input_flatten).view(FRAMES, s, N_HEADS, D_MODEL // N_HEADS)
+    grad_output = torch.randn(FRAMES, query.shape[1], D_MODEL, generator=generator)
+    return tuple(t.to(device) for t in (value, spatial_shapes, locations, weights, grad_output))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_backward(op: CoreOp, value: Tensor, shapes: Tensor, locations: Tensor, weights: Tensor, grad: Tensor) -> None:
+    leaves = [t.detach().requires_grad_() for t in (value, locations, weights)]
+    op(leaves[0], shapes, leaves[1], leaves[2]).backward(grad)
+
+
+def median_seconds(step: Callable[[], None], device: torch.device, repeat: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(repeat):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
+    """Peak of simultaneously alive tensor bytes allocated by ``step`` (see the module docstring)."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
+    alive = peak = 0
+    for _, nbytes in events:
+        alive += nbytes
+        peak = max(peak, alive)
+    return peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement, after one warm-up")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    ops: dict[str, CoreOp] = {"baseline": ms_deform_attn_core_pytorch, "ours": ms_deform_attn_core}
+
+    print(
+        f"MSDeformAttn core, {FRAMES} frames of {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, levels {level_shapes()}, "
+        f"{D_MODEL} channels, {N_HEADS} heads, {N_POINTS} points; device {device}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeat}"
+    )
+    print(f"{'scenario':<10} {'measure':<24} {'baseline':>12} {'ours':>12} {'baseline/ours':>14}")
+    for scenario in ("encoder", "decoder"):
+        inputs = make_inputs(scenario, device)
+        value, shapes, locations, weights, grad = inputs
+        results: dict[str, dict[str, float]] = {}
+        for name, op in ops.items():
+
+            def forward(op: CoreOp = op) -> None:
+                with torch.no_grad():
+                    op(value, shapes, locations, weights)
+
+            def train_step(op: CoreOp = op) -> None:
+                forward_backward(op, *inputs)
+
+            results[name] = {
+                "forward (ms)": 1e3 * median_seconds(forward, device, args.repeat),
+                "forward+backward (ms)": 1e3 * median_seconds(train_step, device, args.repeat),
+                "peak fwd+bwd (MiB)": peak_bytes(train_step, device) / 2**20,
+            }
+        lq = locations.shape[1]
+        for measure in results["baseline"]:
+            base, ours = results["baseline"][measure], results["ours"][measure]
+            print(f"{scenario:<10} {measure:<24} {base:>12.1f} {ours:>12.1f} {base / ours:>13.2f}x")
+        print(f"{'':<10} (Lq = {lq} queries per frame, S = {value.shape[1]})")
+
+
+if __name__ == "__main__":
+    main()

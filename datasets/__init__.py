@@ -1,0 +1,1 @@
+"""Datasets: readers of the referring-segmentation benchmarks."""

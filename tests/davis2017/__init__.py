@@ -1,0 +1,1 @@
+"""Tests of the DAVIS-2017 J&F toolkit (`davis2017/`, `eval_davis.py`)."""
