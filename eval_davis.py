@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     all_scores = []
     for folder in folders:
         scores = load_or_evaluate(args.davis_path, folder, args.task, args.set, args.recompute)
-        logger.info("--------------------------- Global results for %s (%s) ---------------------------", args.set, folder)
+        logger.info("------------------------ Global results for %s (%s) ------------------------", args.set, folder)
         logger.info("%s", scores.global_table())
         logger.info("\n---------- Per sequence results for %s (%s) ----------", args.set, folder)
         logger.info("%s", scores.per_sequence_table())

@@ -13,7 +13,9 @@ object, the Mean/Recall/Decay of J and F; the global numbers average them over a
 all sequences. Numbers equal the official DAVIS-2017 toolkit's (SPEC §6.3).
 
 ``DavisEvaluator`` follows the reset / process / evaluate protocol; ``evaluate_results_folder``
-runs it over a whole results folder.
+runs it over a whole results folder and ``load_or_evaluate`` adds the CSV cache of
+``eval_davis.py``. ``annotator_folders`` / ``annotator_rows`` serve Ref-DAVIS17, whose reported
+number is the mean over the four annotators' folders ``anno_<a>``.
 """
 from __future__ import annotations
 
@@ -43,6 +45,11 @@ MAX_PROPOSALS = 20
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 PER_SEQUENCE_COLUMNS = ("Sequence", "J-Mean", "F-Mean")
 FLOAT_FORMAT = "%.5f"
+"""Floats in the CSVs and printed tables, as the original writes them."""
+ANNOTATOR_COLUMNS = ("Annotator",) + GLOBAL_COLUMNS
+
+ANNOTATOR_PREFIX = "anno_"
+"""Ref-DAVIS17 predictions of annotator a live in ``<output>/anno_<a>`` (``inference_davis.py``)."""
 
 
 def annotation_folder(davis_path: str, task: str) -> str:
@@ -114,7 +121,8 @@ class SequenceGroundTruth:
 def read_ground_truth(davis_path: str, task: str, sequence: str) -> SequenceGroundTruth:
     """Read the annotations of ``sequence`` for ``task``; all frames must have the same size."""
     folder = os.path.join(annotation_folder(davis_path, task), sequence)
-    frames = sorted(name[: -len(".png")] for name in os.listdir(folder) if name.endswith(".png")) if os.path.isdir(folder) else []
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    frames = sorted(name[: -len(".png")] for name in names if name.endswith(".png"))
     if not frames:
         raise FileNotFoundError(f"no ground-truth annotations (*.png) for sequence {sequence!r} in {folder}")
     labels = []
@@ -148,7 +156,8 @@ def check_predictions(results_path: str, expected: dict[str, list[str]]) -> None
         present = set(os.listdir(folder))
         absent = [frame for frame in frames if f"{frame}.png" not in present]
         if absent:
-            missing.append(f"  sequence {sequence}: {len(absent)} of {len(frames)} frames not found: " + ", ".join(f"{f}.png" for f in absent))
+            listed = ", ".join(f"{frame}.png" for frame in absent)
+            missing.append(f"  sequence {sequence}: {len(absent)} of {len(frames)} frames not found: {listed}")
     if missing:
         raise FileNotFoundError(
             f"results folder {results_path} is incomplete:\n" + "\n".join(missing) + "\n"
@@ -165,7 +174,9 @@ def read_predictions(results_path: str, gt: SequenceGroundTruth, frames: list[st
         path = os.path.join(results_path, gt.name, f"{frame}.png")
         label_map = read_label_map(path)
         if label_map.shape != (height, width):
-            raise ValueError(f"{path} is {label_map.shape[0]}x{label_map.shape[1]}, the ground truth is {height}x{width}")
+            raise ValueError(
+                f"{path} is {label_map.shape[0]}x{label_map.shape[1]} pixels, the ground truth is {height}x{width}"
+            )
         labels.append(label_map)
     return np.stack(labels)
 
@@ -187,6 +198,11 @@ def score_sequence(
         ``(J, F)``, float64 ``[N, T]`` with N = ``gt.num_objects``. In the unsupervised task
         row i belongs to the i-th assigned pair in increasing order of predicted object id.
     """
+    if len(pred_labels) != len(evaluated_frames(gt, task)):
+        raise ValueError(
+            f"{source} of sequence {gt.name} have {len(pred_labels)} frames, "
+            f"the {task} task scores {len(evaluated_frames(gt, task))}"
+        )
     num_pred = int(pred_labels.max()) if pred_labels.size else 0
     num_gt = gt.num_objects
     if task == "semi-supervised":
@@ -217,6 +233,8 @@ def score_sequence(
         same_id = np.arange(num_gt)
         return jaccard[same_id, same_id], boundary[same_id, same_id]
     score = (jaccard.mean(axis=2) + boundary.mean(axis=2)) / 2  # [Np, Ng]
+    # Minimising the negated score (rather than maximize=True) keeps the toolkit's tie-breaking;
+    # the pairs come back in increasing prediction index.
     pred_index, gt_index = linear_sum_assignment(-score)
     return jaccard[pred_index, gt_index], boundary[pred_index, gt_index]
 
@@ -254,6 +272,8 @@ class DavisScores:
         header, rows = _read_csv(per_sequence_path)
         if tuple(header) != PER_SEQUENCE_COLUMNS:
             raise ValueError(f"{per_sequence_path} is not a DAVIS per-sequence table (columns {PER_SEQUENCE_COLUMNS})")
+        if any(len(row) != len(PER_SEQUENCE_COLUMNS) for row in rows):
+            raise ValueError(f"{per_sequence_path} has rows without {len(PER_SEQUENCE_COLUMNS)} fields")
         per_object = [(name, _parse_float(j), _parse_float(f)) for name, j, f in rows]
         return cls(global_scores, per_object)
 
@@ -314,7 +334,9 @@ def _column_means(stats: list[tuple[float, float, float]]) -> tuple[float, float
     return mean, recall, decay
 
 
-def evaluate_results_folder(davis_path: str, results_path: str, task: str = "unsupervised", subset: str = "val") -> DavisScores:
+def evaluate_results_folder(
+    davis_path: str, results_path: str, task: str = "unsupervised", subset: str = "val"
+) -> DavisScores:
     """Score every sequence of ``subset`` in ``results_path`` against the DAVIS ground truth.
 
     All prediction files are checked to exist before scoring starts; a missing sequence or
@@ -330,6 +352,53 @@ def evaluate_results_folder(davis_path: str, results_path: str, task: str = "uns
         pred_labels = read_predictions(results_path, gt, evaluated_frames(gt, task))
         evaluator.process(gt, pred_labels, source=f"predictions in {os.path.join(results_path, gt.name)}")
     return evaluator.evaluate()
+
+
+def load_or_evaluate(
+    davis_path: str, results_path: str, task: str = "unsupervised", subset: str = "val", recompute: bool = False
+) -> DavisScores:
+    """Scores of one results folder, cached as its two CSVs.
+
+    If both CSVs of ``subset`` exist in ``results_path`` they are read back (as the original
+    ``eval_davis.py`` does) unless ``recompute``; otherwise the folder is evaluated and the CSVs
+    are (re)written.
+    """
+    global_path, per_sequence_path = csv_paths(results_path, subset)
+    if not recompute and os.path.isfile(global_path) and os.path.isfile(per_sequence_path):
+        logger.info("Using precomputed results from %s (pass --recompute to evaluate again)", results_path)
+        return DavisScores.read_csv(results_path, subset)
+    logger.info("Evaluating %s for the %s task...", results_path, task)
+    scores = evaluate_results_folder(davis_path, results_path, task, subset)
+    global_path, per_sequence_path = scores.write_csv(results_path, subset)
+    logger.info("Global results saved in %s", global_path)
+    logger.info("Per-sequence results saved in %s", per_sequence_path)
+    return scores
+
+
+def annotator_folders(results_path: str) -> list[str]:
+    """The ``anno_<a>`` sub-folders of ``results_path`` in increasing ``a``; empty if there are none."""
+    if not os.path.isdir(results_path):
+        return []
+    names = [
+        name
+        for name in os.listdir(results_path)
+        if name.startswith(ANNOTATOR_PREFIX)
+        and name[len(ANNOTATOR_PREFIX) :].isdigit()
+        and os.path.isdir(os.path.join(results_path, name))
+    ]
+    return [os.path.join(results_path, name) for name in sorted(names, key=lambda n: int(n[len(ANNOTATOR_PREFIX) :]))]
+
+
+def average_global_scores(scores: list[DavisScores]) -> dict[str, float]:
+    """Column-wise mean of several global results (the reported Ref-DAVIS17 number averages the four annotators)."""
+    return {column: float(np.mean([s.global_scores[column] for s in scores])) for column in GLOBAL_COLUMNS}
+
+
+def annotator_rows(names: list[str], scores: list[DavisScores]) -> list[list]:
+    """Rows for ``ANNOTATOR_COLUMNS``: one per annotator folder, then their ``mean``."""
+    mean = average_global_scores(scores)
+    rows = [[name] + [s.global_scores[c] for c in GLOBAL_COLUMNS] for name, s in zip(names, scores)]
+    return rows + [["mean"] + [mean[c] for c in GLOBAL_COLUMNS]]
 
 
 def format_table(columns: tuple[str, ...], rows: list) -> str:
@@ -364,57 +433,3 @@ def _read_csv(path: str) -> tuple[list[str], list[list[str]]]:
     if not rows:
         raise ValueError(f"{path} is empty; delete it or pass --recompute")
     return rows[0], rows[1:]
-
-
-def load_or_evaluate(
-    davis_path: str, results_path: str, task: str = "unsupervised", subset: str = "val", recompute: bool = False
-) -> DavisScores:
-    """Scores of one results folder, cached as its two CSVs.
-
-    If both CSVs of ``subset`` exist in ``results_path`` they are read back (as the original
-    ``eval_davis.py`` does) unless ``recompute``; otherwise the folder is evaluated and the CSVs
-    are (re)written.
-    """
-    global_path, per_sequence_path = csv_paths(results_path, subset)
-    if not recompute and os.path.isfile(global_path) and os.path.isfile(per_sequence_path):
-        logger.info("Using precomputed results from %s (pass --recompute to evaluate again)", results_path)
-        return DavisScores.read_csv(results_path, subset)
-    logger.info("Evaluating %s for the %s task...", results_path, task)
-    scores = evaluate_results_folder(davis_path, results_path, task, subset)
-    global_path, per_sequence_path = scores.write_csv(results_path, subset)
-    logger.info("Global results saved in %s", global_path)
-    logger.info("Per-sequence results saved in %s", per_sequence_path)
-    return scores
-
-
-ANNOTATOR_PREFIX = "anno_"
-"""Ref-DAVIS17 predictions of annotator a live in ``<output>/anno_<a>`` (``inference_davis.py``)."""
-
-
-def annotator_folders(results_path: str) -> list[str]:
-    """The ``anno_<a>`` sub-folders of ``results_path`` in increasing ``a``; empty if there are none."""
-    if not os.path.isdir(results_path):
-        return []
-    names = [
-        name
-        for name in os.listdir(results_path)
-        if name.startswith(ANNOTATOR_PREFIX)
-        and name[len(ANNOTATOR_PREFIX) :].isdigit()
-        and os.path.isdir(os.path.join(results_path, name))
-    ]
-    return [os.path.join(results_path, name) for name in sorted(names, key=lambda n: int(n[len(ANNOTATOR_PREFIX) :]))]
-
-
-def average_global_scores(scores: list[DavisScores]) -> dict[str, float]:
-    """Column-wise mean of several global results (the reported Ref-DAVIS17 number averages the four annotators)."""
-    return {column: float(np.mean([s.global_scores[column] for s in scores])) for column in GLOBAL_COLUMNS}
-
-
-ANNOTATOR_COLUMNS = ("Annotator",) + GLOBAL_COLUMNS
-
-
-def annotator_rows(names: list[str], scores: list[DavisScores]) -> list[list]:
-    """Rows for ``ANNOTATOR_COLUMNS``: one per annotator folder, then their ``mean``."""
-    mean = average_global_scores(scores)
-    rows = [[name] + [s.global_scores[c] for c in GLOBAL_COLUMNS] for name, s in zip(names, scores)]
-    return rows + [["mean"] + [mean[c] for c in GLOBAL_COLUMNS]]

@@ -112,6 +112,15 @@ def f_from_counts(n_pred: int, n_gt: int, pred_matched: int, gt_matched: int) ->
     return 2 * precision * recall / (precision + recall)
 
 
+class _Boundary:
+    """Boundary of one mask: flat indices of its pixels and its flattened disk dilation."""
+
+    def __init__(self, mask: np.ndarray, radius: int) -> None:
+        boundary = boundary_map(mask)
+        self.pixels = np.flatnonzero(boundary)
+        self.dilated = dilate(boundary, radius).ravel()
+
+
 def frame_scores(
     pred_masks: np.ndarray, gt_masks: np.ndarray, void: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +139,9 @@ def frame_scores(
     pred_masks = np.asarray(pred_masks).astype(bool)
     gt_masks = np.asarray(gt_masks).astype(bool)
     if pred_masks.shape[1:] != gt_masks.shape[1:]:
-        raise ValueError(f"prediction masks {pred_masks.shape[1:]} and ground truth {gt_masks.shape[1:]} differ in size")
+        raise ValueError(
+            f"prediction masks {pred_masks.shape[1:]} and ground truth {gt_masks.shape[1:]} differ in size"
+        )
     height, width = gt_masks.shape[1:]
     if void is not None:
         valid = ~np.asarray(void, dtype=bool)
@@ -142,38 +153,29 @@ def frame_scores(
     # 0/1 sums in float64 are exact integers.
     intersection = pred_flat @ gt_flat.T  # [Np, Ng]
     union = pred_flat.sum(1)[:, None] + gt_flat.sum(1)[None, :] - intersection  # [Np, Ng]
-    jaccard = np.ones_like(intersection)
-    np.divide(intersection, union, out=jaccard, where=union > 0)
+    j_scores = np.ones_like(intersection)  # 1 where the union is empty
+    np.divide(intersection, union, out=j_scores, where=union > 0)
 
     radius = boundary_radius(height, width)
     pred_boundaries = [_Boundary(m, radius) for m in pred_masks]
     gt_boundaries = [_Boundary(m, radius) for m in gt_masks]
-    f_measure = np.zeros_like(jaccard)
+    f_scores = np.zeros_like(j_scores)
     for p, pb in enumerate(pred_boundaries):
         for g, gb in enumerate(gt_boundaries):
             pred_matched = int(np.count_nonzero(gb.dilated[pb.pixels]))
             gt_matched = int(np.count_nonzero(pb.dilated[gb.pixels]))
-            f_measure[p, g] = f_from_counts(pb.pixels.size, gb.pixels.size, pred_matched, gt_matched)
-    return jaccard, f_measure
-
-
-class _Boundary:
-    """Boundary of one mask: flat indices of its pixels and its flattened disk dilation."""
-
-    def __init__(self, mask: np.ndarray, radius: int) -> None:
-        boundary = boundary_map(mask)
-        self.pixels = np.flatnonzero(boundary)
-        self.dilated = dilate(boundary, radius).ravel()
+            f_scores[p, g] = f_from_counts(pb.pixels.size, gb.pixels.size, pred_matched, gt_matched)
+    return j_scores, f_scores
 
 
 def jaccard(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
     """Region similarity J of one predicted and one ground-truth mask (``[H, W]``); see ``frame_scores``."""
-    return float(frame_scores(pred[None], gt[None], void)[0][0, 0])
+    return float(frame_scores(np.asarray(pred)[None], np.asarray(gt)[None], void)[0][0, 0])
 
 
 def f_measure(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
     """Boundary measure F of one predicted and one ground-truth mask (``[H, W]``); see ``frame_scores``."""
-    return float(frame_scores(pred[None], gt[None], void)[1][0, 0])
+    return float(frame_scores(np.asarray(pred)[None], np.asarray(gt)[None], void)[1][0, 0])
 
 
 def decay_bin_edges(num_frames: int) -> np.ndarray:

@@ -92,24 +92,24 @@ def ms_deform_attn_core_pytorch(
     return output.to(out_dtype)
 
 
-def _pad_levels(value: Tensor, shapes: list[tuple[int, int]]) -> Tensor:
-    """Surround every level of ``value [N, S, M, D]`` with a one-pixel zero border.
+def _pad_levels(x: Tensor, shapes: list[tuple[int, int]], fill: float) -> Tensor:
+    """Surround every level of ``x [N, S, M, D]`` with a one-pixel border of ``fill``.
 
     Returns ``[N, Spad, M, D]`` with ``Spad = sum_l (H_l + 2) * (W_l + 2)``, levels concatenated row-major.
     """
-    n, _, m, d = value.shape
-    levels = value.split([h * w for h, w in shapes], dim=1)
+    n, _, m, d = x.shape
+    levels = x.split([h * w for h, w in shapes], dim=1)
     padded = [
-        F.pad(level.view(n, h, w, m, d), (0, 0, 0, 0, 1, 1, 1, 1)).view(n, (h + 2) * (w + 2), m, d)
+        F.pad(level.view(n, h, w, m, d), (0, 0, 0, 0, 1, 1, 1, 1), value=fill).view(n, (h + 2) * (w + 2), m, d)
         for level, (h, w) in zip(levels, shapes)
     ]
     return torch.cat(padded, dim=1)
 
 
-def _unpad_levels(padded: Tensor, shapes: list[tuple[int, int]]) -> Tensor:
+def _unpad_levels(x: Tensor, shapes: list[tuple[int, int]]) -> Tensor:
     """Inverse of :func:`_pad_levels`: ``[N, Spad, M, D]`` → ``[N, S, M, D]`` without the borders."""
-    n, _, m, d = padded.shape
-    levels = padded.split([(h + 2) * (w + 2) for h, w in shapes], dim=1)
+    n, _, m, d = x.shape
+    levels = x.split([(h + 2) * (w + 2) for h, w in shapes], dim=1)
     inner = [
         level.view(n, h + 2, w + 2, m, d)[:, 1 : h + 1, 1 : w + 1].reshape(n, h * w, m, d)
         for level, (h, w) in zip(levels, shapes)
@@ -118,18 +118,21 @@ def _unpad_levels(padded: Tensor, shapes: list[tuple[int, int]]) -> Tensor:
 
 
 class _BilinearCorners:
-    """Bilinear corners of every sampling point, as rows of the padded value ``[N*Spad*M, D]``.
+    """The bilinear corners of every sampling point, as rows of the value table ``[N*S*M, D]``.
 
-    With a one-pixel zero border around each level, the 2×2 corners of any point whose top-left
-    corner ``(x0, y0)`` lies in ``[-1, W-1] × [-1, H-1]`` are all rows of the padded table, and the
-    border rows hold zeros: this is exactly grid_sample's zero padding, with no per-corner mask.
-    Points further out ("outside") get attention 0 and an arbitrary in-table anchor.
+    Corners are first addressed in a *padded* row space: every level surrounded by a one-pixel
+    border, ``Spad = sum_l (H_l + 2) * (W_l + 2)`` pixels per sample. The 2×2 corners of a point whose
+    top-left corner ``(x0, y0)`` lies in ``[-1, W-1] × [-1, H-1]`` all exist there, each a fixed row
+    offset from the top-left one (the "anchor"), whatever the point. A lookup table maps padded
+    rows to table rows and border rows to -1: those corners get weight 0 (grid_sample's zero padding)
+    and index 0. Points further out ("outside") get attention 0 and an arbitrary anchor.
 
-    Per point (all ``[N, Lq, M, L, P]``): ``anchor`` (int row of the top-left corner), ``fx``, ``fy``
-    (fractional position in the cell), ``attention`` (attention weight, zero when outside) and
-    ``inside``. Per bag ``(n, q, m)``: ``index`` and ``weight`` ``[N*Lq*M, 4*L*P]``, corner-major
-    (top-left, top-right, bottom-left, bottom-right), the weight folding bilinear and attention weights.
-    ``corner_shift [4, L]`` is the row offset of each corner from the anchor per level.
+    Attributes, per point ``[N, Lq, M, L, P]``: ``anchor`` (padded row of the top-left corner),
+    ``fx``, ``fy`` (position inside the cell, in [0, 1)), ``attention`` (zero when outside), ``inside``.
+    Per bag ``(n, q, m)``, ``[N*Lq*M, 4*L*P]`` corner-major (top-left, top-right, bottom-left,
+    bottom-right): ``index`` (table row), ``valid`` (corner on the map) and ``weight`` (bilinear ×
+    attention, zero where not valid). ``corner_shift [4, L]``: padded-row offset of each corner from
+    the anchor. ``padded_to_row [N*Spad*M]`` and ``row_to_padded [N*S*M]``: the two lookup tables.
     """
 
     def __init__(
@@ -138,9 +141,14 @@ class _BilinearCorners:
         _, lq, _, num_levels, num_points, _ = sampling_locations.shape
         device, dtype = sampling_locations.device, sampling_locations.dtype
         padded_sizes = [(h + 2) * (w + 2) for h, w in shapes]
-        self.num_rows = n * sum(padded_sizes) * m
+        num_padded_rows = n * sum(padded_sizes) * m
         # int32 indices halve index memory and traffic; embedding_bag accepts both.
-        index_dtype = torch.int32 if self.num_rows < 2**31 else torch.int64
+        index_dtype = torch.int32 if num_padded_rows < 2**31 else torch.int64
+
+        rows = torch.arange(n * sum(h * w for h, w in shapes) * m, device=device, dtype=index_dtype)
+        self.padded_to_row = _pad_levels(rows.view(n, -1, m, 1), shapes, fill=-1).view(-1)  # [N*Spad*M]
+        padded_rows = torch.arange(num_padded_rows, device=device, dtype=index_dtype)
+        self.row_to_padded = _unpad_levels(padded_rows.view(n, -1, m, 1), shapes).view(-1)  # [N*S*M]
 
         heights = torch.tensor([h for h, _ in shapes], device=device, dtype=dtype).view(num_levels, 1)
         widths = torch.tensor([w for _, w in shapes], device=device, dtype=dtype).view(num_levels, 1)
@@ -159,43 +167,46 @@ class _BilinearCorners:
         # Top-left corner in padded pixels, in [0, W] × [0, H].
         col = torch.where(self.inside, x0 + 1, 0).to(index_dtype)
         row = torch.where(self.inside, y0 + 1, 0).to(index_dtype)
-        # Row of (n, padded pixel, m) in the padded table viewed [N*Spad*M, D].
-        bag_base = (
-            torch.arange(n, device=device, dtype=index_dtype).view(n, 1, 1, 1, 1) * (self.num_rows // n)
+        sample_and_head = (
+            torch.arange(n, device=device, dtype=index_dtype).view(n, 1, 1, 1, 1) * (num_padded_rows // n)
             + torch.arange(m, device=device, dtype=index_dtype).view(1, 1, m, 1, 1)
         )  # [N, 1, M, 1, 1]
         pixel = padded_starts.view(num_levels, 1) + row * padded_widths.view(num_levels, 1) + col
-        self.anchor = bag_base + pixel * m  # [N, Lq, M, L, P]
+        self.anchor = sample_and_head + pixel * m  # [N, Lq, M, L, P]
 
-        ones = torch.ones_like(padded_widths)
-        self.corner_shift = torch.stack([ones * 0, ones, padded_widths, padded_widths + 1]) * m  # [4, L]
+        zeros = torch.zeros_like(padded_widths)
+        self.corner_shift = torch.stack([zeros, zeros + 1, padded_widths, padded_widths + 1]) * m  # [4, L]
         num_bags = n * lq * m
-        self.index = (
-            self.anchor.view(num_bags, 1, num_levels, num_points) + self.corner_shift.view(1, 4, num_levels, 1)
-        ).view(num_bags, NUM_CORNERS * num_levels * num_points)
+        padded_index = self.anchor.view(num_bags, 1, num_levels, num_points) + self.corner_shift.view(
+            1, NUM_CORNERS, num_levels, 1
+        )  # [N*Lq*M, 4, L, P]
+        self.index = self.padded_to_row[padded_index.view(num_bags, -1)]  # [N*Lq*M, 4*L*P]
+        self.valid = self.index >= 0
+        self.index.clamp_(min=0)
 
         fx = self.fx.view(num_bags, num_levels * num_points)
         fy = self.fy.view(num_bags, num_levels * num_points)
         attention = self.attention.view(num_bags, num_levels * num_points)
         top = attention * (1 - fy)
         bottom = attention * fy
-        self.weight = torch.stack([top * (1 - fx), top * fx, bottom * (1 - fx), bottom * fx], dim=1)
-        self.weight = self.weight.view(num_bags, NUM_CORNERS * num_levels * num_points)
+        weight = torch.stack([top * (1 - fx), top * fx, bottom * (1 - fx), bottom * fx], dim=1)
+        self.weight = weight.view(num_bags, -1) * self.valid  # [N*Lq*M, 4*L*P]
 
 
 class _SparseBilinearAttention(torch.autograd.Function):
-    """``out[bag] = sum_k weight[bag, k] * padded_value[index[bag, k]]`` with hand-written backward.
+    """``out[bag] = sum_k weight[bag, k] * value_table[index[bag, k]]`` with a hand-written backward.
 
-    Forward is one ``embedding_bag``. Backward:
+    Forward is one ``embedding_bag`` over ``value.view(N*S*M, D)`` (no copy). Backward:
 
-    - value: the transpose scatter, done as a gather too. Points are sorted once by anchor row;
-      for each corner the sorted order is also sorted by target row (the corner lies in the
-      anchor's level, a fixed shift away), so ``embedding_bag`` over ``grad_output`` rows with
-      offsets from ``bincount`` sums every target row's contributions without atomics or
-      ``[points, D]`` temporaries.
-    - per-corner weights: ``<grad_output[bag], value[row]>`` from ``embedding_bag``'s own
-      per-sample-weight gradient (the forward is recomputed for it), then the chain rule through
-      the bilinear weights to locations and attention weights in closed form.
+    - value, the transposed scatter: when there are fewer corners than table rows (decoder), a
+      plain ``index_add_``. Otherwise it is done as a gather too: points are sorted once by anchor;
+      for each corner that order is also sorted by target row (a corner lies in its anchor's level,
+      a fixed padded-row shift away), so ``embedding_bag`` over ``grad_output`` rows, with bag
+      offsets from ``bincount``, sums each row's contributions without atomics or ``[corners, D]``
+      temporaries.
+    - corner weights: ``<grad_output[bag], value[row]>`` from ``embedding_bag``'s own
+      per-sample-weight gradient (recomputing the forward for it); then the chain rule through the
+      bilinear weights to locations and attention weights, in closed form.
     """
 
     @staticmethod
@@ -206,14 +217,14 @@ class _SparseBilinearAttention(torch.autograd.Function):
         sampling_locations: Tensor,
         attention_weights: Tensor,
     ) -> Tensor:
-        n, _, m, d = value.shape
+        n, s, m, d = value.shape
         lq = sampling_locations.shape[1]
         corners = _BilinearCorners(shapes, n, m, sampling_locations, attention_weights)
-        table = _pad_levels(value, shapes).view(corners.num_rows, d)  # [N*Spad*M, D]
+        table = value.view(n * s * m, d)  # [N*S*M, D]
         output = F.embedding_bag(corners.index, table, mode="sum", per_sample_weights=corners.weight)
         ctx.save_for_backward(
-            table, corners.index, corners.weight, corners.anchor, corners.corner_shift,
-            corners.fx, corners.fy, corners.attention, corners.inside,
+            value, corners.index, corners.valid, corners.weight, corners.anchor, corners.corner_shift,
+            corners.padded_to_row, corners.row_to_padded, corners.fx, corners.fy, corners.attention, corners.inside,
         )  # fmt: skip
         ctx.shapes = shapes
         return output.view(n, lq, m * d)  # [N, Lq, M*D]
@@ -221,36 +232,46 @@ class _SparseBilinearAttention(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        table, index, weight, anchor, corner_shift, fx, fy, attention, inside = ctx.saved_tensors
-        shapes = ctx.shapes
+        (value, index, valid, weight, anchor, corner_shift, padded_to_row, row_to_padded,
+         fx, fy, attention, inside) = ctx.saved_tensors  # fmt: skip
         n, lq, m, num_levels, num_points = anchor.shape
-        d = table.shape[1]
+        d = value.shape[-1]
+        table = value.view(-1, d)  # [N*S*M, D]
         num_bags = n * lq * m
         points_per_bag = num_levels * num_points
         grad_bags = grad_output.reshape(num_bags, d)  # [N*Lq*M, D]
         grad_value = grad_locations = grad_attention = None
 
         if ctx.needs_input_grad[0]:
-            sorted_anchor, order = anchor.view(-1).sort()
-            bag_of_point = order // points_per_bag
-            level_of_point = (order // num_points) % num_levels
-            point_weight = weight.view(num_bags, NUM_CORNERS, points_per_bag).transpose(1, 2)
-            point_weight = point_weight.reshape(-1, NUM_CORNERS)[order].t().contiguous()  # [4, points], sorted
-            grad_table = torch.zeros_like(table)  # [N*Spad*M, D]
-            for corner in range(NUM_CORNERS):
-                target = sorted_anchor + corner_shift[corner][level_of_point]
-                counts = torch.bincount(target, minlength=table.shape[0])
-                offsets = counts.cumsum(0) - counts
-                grad_table += F.embedding_bag(
-                    bag_of_point, grad_bags, offsets, mode="sum", per_sample_weights=point_weight[corner]
-                )
-            grad_value = _unpad_levels(grad_table.view(n, -1, m, d), shapes)  # [N, S, M, D]
+            if index.numel() <= table.shape[0]:
+                contributions = weight.view(num_bags, -1, 1) * grad_bags.view(num_bags, 1, d)  # [N*Lq*M, 4*L*P, D]
+                grad_table = torch.zeros_like(table).index_add_(0, index.view(-1), contributions.view(-1, d))
+            else:
+                sorted_anchor, order = anchor.view(-1).sort()
+                bag_of_point = order // points_per_bag
+                level_of_point = (order // num_points) % num_levels
+                point_weight = weight.view(num_bags, NUM_CORNERS, points_per_bag).transpose(1, 2)
+                point_weight = point_weight.reshape(-1, NUM_CORNERS)[order].t().contiguous()  # [4, points] sorted
+                grad_table = torch.zeros_like(table)
+                for corner in range(NUM_CORNERS):
+                    target = sorted_anchor + corner_shift[corner][level_of_point]  # padded rows, ascending
+                    counts = torch.bincount(target, minlength=padded_to_row.shape[0])
+                    starts = counts.cumsum(0) - counts
+                    # Bag of table row r starts where its padded row's run starts; border corners in
+                    # between fall into the previous bag with weight 0 (and the first ones into bag 0).
+                    offsets = starts[row_to_padded]
+                    offsets[0] = 0
+                    grad_table += F.embedding_bag(
+                        bag_of_point, grad_bags, offsets, mode="sum", per_sample_weights=point_weight[corner]
+                    )
+            grad_value = grad_table.view_as(value)  # [N, S, M, D]
 
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
             with torch.enable_grad():
                 corner_weight = weight.detach().requires_grad_()
                 resampled = F.embedding_bag(index, table, mode="sum", per_sample_weights=corner_weight)
                 (grad_weight,) = torch.autograd.grad(resampled, corner_weight, grad_bags)
+            grad_weight = grad_weight * valid  # off-map corners read zeros, not the row they point at
             g00, g01, g10, g11 = grad_weight.view(num_bags, NUM_CORNERS, points_per_bag).unbind(1)
             fx = fx.view(num_bags, points_per_bag)
             fy = fy.view(num_bags, points_per_bag)
@@ -258,6 +279,7 @@ class _SparseBilinearAttention(torch.autograd.Function):
                 grad_attention = (1 - fy) * (g00 * (1 - fx) + g01 * fx) + fy * (g10 * (1 - fx) + g11 * fx)
                 grad_attention = grad_attention.view_as(inside) * inside
             if ctx.needs_input_grad[2]:
+                shapes = ctx.shapes
                 attention = attention.view(num_bags, points_per_bag)
                 heights = torch.tensor([h for h, _ in shapes], device=fx.device, dtype=fx.dtype)
                 widths = torch.tensor([w for _, w in shapes], device=fx.device, dtype=fx.dtype)

@@ -66,7 +66,12 @@ EXPECTED_GLOBAL = (
     "J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay\n"
     "0.88889,0.88889,0.88889,-0.16667,0.88889,0.88889,-0.16667\n"
 )
-EXPECTED_PER_SEQUENCE = "Sequence,J-Mean,F-Mean\nalpha_1,1.00000,1.00000\nalpha_2,1.00000,1.00000\nbeta_1,0.66667,0.66667\n"
+EXPECTED_PER_SEQUENCE = (
+    "Sequence,J-Mean,F-Mean\n"
+    "alpha_1,1.00000,1.00000\n"
+    "alpha_2,1.00000,1.00000\n"
+    "beta_1,0.66667,0.66667\n"
+)
 
 
 def read(path) -> str:

@@ -74,7 +74,10 @@ def test_unsupervised_assignment_maximises_mean_j_and_f():
         j_all[p, g, t] = brute_jaccard(pred[t] == p + 1, clean[t] == g + 1, labels[t] == 255)
         f_all[p, g, t] = brute_f_measure(pred[t] == p + 1, clean[t] == g + 1, labels[t] == 255)
     pair_score = (j_all.mean(2) + f_all.mean(2)) / 2
-    best = max(itertools.permutations(range(num_pred), 2), key=lambda chosen: sum(pair_score[p, g] for g, p in enumerate(chosen)))
+    best = max(
+        itertools.permutations(range(num_pred), 2),  # best[g] = prediction assigned to GT object g
+        key=lambda chosen: sum(pair_score[p, g] for g, p in enumerate(chosen)),
+    )
     assert set(best) == {2, 0}  # the construction above, not a trivial identity
     # Rows come in increasing predicted id: prediction 1 (→ GT 2), then prediction 3 (→ GT 1).
     pairs = sorted((p, g) for g, p in enumerate(best))

@@ -122,7 +122,8 @@ def run_core(op, value, spatial_shapes, locations, weights, grad_output) -> list
         ([(6, 8), (3, 4), (2, 2), (1, 1)], 2, 31, 8, 4, 4),  # the model's 4 levels, tiny
         ([(7, 3)], 1, 9, 1, 5, 1),  # one level, one head, one point, tall map
         ([(5, 11), (1, 7), (9, 2)], 3, 20, 2, 3, 3),  # non-square, 1-pixel-high level, N > 1
-        ([(4, 4), (2, 2)], 4, 1, 4, 8, 6),  # a single query (decoder-like), many points
+        ([(4, 4), (2, 2)], 4, 1, 4, 8, 6),  # a single query, many points
+        ([(9, 10), (5, 5)], 2, 2, 2, 4, 1),  # fewer corners than value rows: the index_add_ backward
     ],
 )
 def test_fast_core_matches_reference(shapes, n, lq, m, d, p) -> None:
@@ -148,9 +149,10 @@ def test_fast_core_far_outside_is_zero() -> None:
     assert locations.grad.abs().max() == 0
 
 
-def test_fast_core_gradcheck_float64() -> None:
+@pytest.mark.parametrize("lq", [3, 1])  # 1 query: fewer corners than value rows, the other backward
+def test_fast_core_gradcheck_float64(lq: int) -> None:
     value, spatial_shapes, locations, weights = random_core_inputs(
-        [(3, 4), (2, 1)], n=2, lq=3, m=2, d=2, p=2, seed=3, dtype=torch.float64
+        [(3, 4), (2, 1)], n=2, lq=lq, m=2, d=2, p=1, seed=3, dtype=torch.float64
     )
     inputs = tuple(t.requires_grad_() for t in (value, locations, weights))
     assert torch.autograd.gradcheck(

@@ -1,0 +1,25 @@
+"""Category tables of the video datasets (spec Appendix A); a label is the index in its table.
+
+With ``--binary`` every object gets class 0 in the loss, but the datasets still report the
+category index (as the original does), so the tables matter only for non-binary training.
+"""
+from __future__ import annotations
+
+YTVOS_CATEGORIES: tuple[str, ...] = (
+    "airplane", "ape", "bear", "bike", "bird", "boat", "bucket", "bus", "camel", "cat", "cow", "crocodile", "deer",
+    "dog", "dolphin", "duck", "eagle", "earless_seal", "elephant", "fish", "fox", "frisbee", "frog", "giant_panda",
+    "giraffe", "hand", "hat", "hedgehog", "horse", "knife", "leopard", "lion", "lizard", "monkey", "motorbike",
+    "mouse", "others", "owl", "paddle", "parachute", "parrot", "penguin", "person", "plant", "rabbit", "raccoon",
+    "sedan", "shark", "sheep", "sign", "skateboard", "snail", "snake", "snowboard", "squirrel", "surfboard",
+    "tennis_racket", "tiger", "toilet", "train", "truck", "turtle", "umbrella", "whale", "zebra",
+)
+
+DAVIS_CATEGORIES: tuple[str, ...] = (
+    "airplane", "backpack", "ball", "bear", "bicycle", "bird", "boat", "bottle", "box", "bus", "camel", "car",
+    "carriage", "cat", "cellphone", "chamaleon", "cow", "deer", "dog", "dolphin", "drone", "elephant", "excavator",
+    "fish", "goat", "golf cart", "golf club", "grass", "guitar", "gun", "helicopter", "horse", "hoverboard", "kart",
+    "key", "kite", "koala", "leash", "lion", "lock", "mask", "microphone", "monkey", "motorcycle", "oar", "paper",
+    "paraglide", "person", "pig", "pole", "potted plant", "puck", "rack", "rhino", "rope", "sail", "scale", "scooter",
+    "selfie stick", "sheep", "skateboard", "ski", "ski poles", "snake", "snowboard", "stick", "stroller", "surfboard",
+    "swing", "tennis racket", "tractor", "trailer", "train", "truck", "turtle", "varanus", "violin", "wheelchair",
+)
