@@ -151,7 +151,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--output_dir", default="output", help="where to save checkpoints, logs and predictions")
     run.add_argument("--device", default="cuda", help="device for training and testing")
     run.add_argument("--seed", default=42, type=int)
-    run.add_argument("--resume", default="", help="checkpoint to resume from (or to evaluate with --eval)")
+    run.add_argument("--resume", default="",
+                     help="checkpoint to resume from (or to evaluate with --eval); 'auto': the latest complete "
+                          "checkpoint in --output_dir, if any")
     run.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
     run.add_argument("--eval", action="store_true", help="evaluate only (A2D/JHMDB, RefCOCO/+/g)")
     run.add_argument("--num_workers", default=4, type=int)
@@ -165,12 +167,58 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     test.add_argument("--ngpu", default=8, type=int, help="GPUs for Ref-YTVOS / Ref-DAVIS inference")
     test.add_argument("--split", default="valid", type=str, choices=("valid", "test"))
     test.add_argument("--visualize", action="store_true", help="also save frames with the predicted masks drawn")
+    test.add_argument("--expressions_per_batch", default=4, type=int,
+                      help="Ref-YTVOS / Ref-DAVIS inference: expressions of a clip that share one pass through the "
+                           "caption-dependent part of the model (the backbone runs once per clip for all of them)")
 
     distributed = parser.add_argument_group("distributed")
     distributed.add_argument("--world_size", default=1, type=int, help="number of distributed processes")
     distributed.add_argument("--dist_url", default="env://", help="url used to set up distributed training")
     distributed.add_argument("--cache_mode", default=False, action="store_true", help=NO_EFFECT_HELP)
+
+    add_training_args(parser)
     return parser
+
+
+CAPTION_FLIP_MODES = ("whole_word", "original")
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    """Training options that the original did not have (``main.py``; see docs/training.md)."""
+    training = parser.add_argument_group("training (new in this re-implementation)")
+    training.add_argument("--accum_iter", default=1, type=int, metavar="N",
+                          help="accumulate gradients over N iterations per optimizer step: the effective batch is "
+                               "batch_size x GPUs x N (the original: 1 x 8 GPUs for Ref-YTVOS)")
+    training.add_argument("--save_every_iters", default=0, type=int, metavar="N",
+                          help="also write output_dir/checkpoint.pth every N iterations of an epoch (0: only at the "
+                               "end of each epoch); must be a multiple of --accum_iter")
+    training.add_argument("--print_freq", default=10, type=int, metavar="N",
+                          help="log the running losses every N iterations (console, train.log, log_iter.txt)")
+    training.add_argument("--skip_bad_samples", action="store_true",
+                          help="skip samples with missing/corrupt frames or annotations or bad metadata (they are "
+                               "counted and listed in the log) instead of stopping with an error")
+    training.add_argument("--caption_flip", default="whole_word", choices=CAPTION_FLIP_MODES,
+                          help="horizontal flip of a clip swaps left/right in its caption: as whole words (default), "
+                               "or as the original's substring replacement ('bright' -> 'bleft')")
+    training.add_argument("--photometric_clip", action="store_true",
+                          help="clip photometric distortion results to [0, 255] instead of the original's uint8 "
+                               "wrap-around")
+    training.add_argument("--amp", action="store_true",
+                          help="mixed precision on CUDA (bfloat16 where supported, else float16 with loss scaling); "
+                               "ignored with a warning on the CPU")
+
+
+def training_arg_errors(args: argparse.Namespace) -> list[str]:
+    """What is wrong with the training options (empty if nothing)."""
+    errors = []
+    if args.accum_iter < 1:
+        errors.append(f"--accum_iter must be at least 1, got {args.accum_iter}")
+    elif args.save_every_iters < 0 or args.save_every_iters % args.accum_iter:
+        errors.append(f"--save_every_iters {args.save_every_iters} must be 0 or a positive multiple of --accum_iter "
+                      f"{args.accum_iter} (checkpoints are written between optimizer steps)")
+    if args.print_freq < 1:
+        errors.append(f"--print_freq must be at least 1, got {args.print_freq}")
+    return errors
 
 
 def validate_args(args: argparse.Namespace) -> None:
@@ -201,6 +249,7 @@ def validate_args(args: argparse.Namespace) -> None:
     for flag in ("num_frames", "num_queries", "dec_layers", "enc_n_points", "dec_n_points", "batch_size"):
         if getattr(args, flag) < 1:
             errors.append(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    errors += training_arg_errors(args)
     if errors:
         raise ValueError("invalid options:\n  " + "\n  ".join(errors))
 

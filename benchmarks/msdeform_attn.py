@@ -10,7 +10,7 @@ Sampling locations and attention weights come from an ``MSDeformAttn`` with its 
 initialisation plus small random projection weights, so points spread around their references as
 in a trained model (uniformly random points would make memory access artificially scattered).
 
-Reported per op (median of ``--repeat`` runs after one warm-up):
+Reported per op (median of ``--repeat`` runs after one warm-up; the two ops take turns):
 - forward: under ``torch.no_grad()`` (inference);
 - forward+backward: forward with autograd, then backward of a random output gradient;
 - peak memory of forward+backward: the highest total size of tensors allocated during the step and
@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -94,16 +95,20 @@ def forward_backward(op: CoreOp, value: Tensor, shapes: Tensor, locations: Tenso
     op(leaves[0], shapes, leaves[1], leaves[2]).backward(grad)
 
 
-def median_seconds(step: Callable[[], None], device: torch.device, repeat: int) -> float:
-    step()  # warm-up
-    times = []
+def median_seconds(steps: dict[str, Callable[[], None]], device: torch.device, repeat: int) -> dict[str, float]:
+    """Median wall time of each step; the steps take turns so that load from other processes
+    affects them alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for step in steps.values():
+        step()  # warm-up
     for _ in range(repeat):
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
@@ -147,24 +152,23 @@ def main() -> None:
     for scenario in ("encoder", "decoder"):
         inputs = make_inputs(scenario, device)
         value, shapes, locations, weights, grad = inputs
-        results: dict[str, dict[str, float]] = {}
-        for name, op in ops.items():
 
-            def forward(op: CoreOp = op) -> None:
-                with torch.no_grad():
-                    op(value, shapes, locations, weights)
+        def forward(op: CoreOp) -> None:
+            with torch.no_grad():
+                op(value, shapes, locations, weights)
 
-            def train_step(op: CoreOp = op) -> None:
-                forward_backward(op, *inputs)
-
-            results[name] = {
-                "forward (ms)": 1e3 * median_seconds(forward, device, args.repeat),
-                "forward+backward (ms)": 1e3 * median_seconds(train_step, device, args.repeat),
-                "peak fwd+bwd (MiB)": peak_bytes(train_step, device) / 2**20,
-            }
+        forwards = {name: partial(forward, op) for name, op in ops.items()}
+        train_steps = {name: partial(forward_backward, op, *inputs) for name, op in ops.items()}
+        forward_s = median_seconds(forwards, device, args.repeat)
+        train_s = median_seconds(train_steps, device, args.repeat)
+        rows = {
+            "forward (ms)": {name: 1e3 * forward_s[name] for name in ops},
+            "forward+backward (ms)": {name: 1e3 * train_s[name] for name in ops},
+            "peak fwd+bwd (MiB)": {name: peak_bytes(train_steps[name], device) / 2**20 for name in ops},
+        }
         lq = locations.shape[1]
-        for measure in results["baseline"]:
-            base, ours = results["baseline"][measure], results["ours"][measure]
+        for measure, result in rows.items():
+            base, ours = result["baseline"], result["ours"]
             print(f"{scenario:<10} {measure:<24} {base:>12.1f} {ours:>12.1f} {base / ours:>13.2f}x")
         print(f"{'':<10} (Lq = {lq} queries per frame, S = {value.shape[1]})")
 

@@ -24,13 +24,16 @@ Two exact pure-PyTorch implementations of the core op are kept:
   weighted sum over levels and points. It materialises the sampled values of every point,
   ``[N*M, D, Lq, L*P]``, before reducing them.
 - :func:`ms_deform_attn_core` (the default) treats the whole op as one sparse weighted sum of value
-  rows: for every query and head it lists the ``L*P*4`` bilinear corners as row indices into the
-  flattened value ``[N*S*M, D]`` and folds the bilinear and attention weights into one weight per
-  corner, then reduces them with ``F.embedding_bag(mode="sum", per_sample_weights=...)``. Nothing of
-  size ``D`` per point is ever materialised, forward or backward, and the value needs no transpose.
-  The gradients of value and of the per-corner weights come from ``embedding_bag``'s own backward;
-  gradients of locations and attention weights flow through the elementwise corner weights.
-  Summation order differs from the reference, so results agree to float rounding.
+  rows: for every query and head it lists the ``4*L*P`` bilinear corners as row indices into the
+  value viewed ``[N*S*M, D]`` (no copy, no transpose), folds the bilinear and attention weights into
+  one weight per corner (zero for corners off the map), and reduces them with
+  ``F.embedding_bag(mode="sum", per_sample_weights=...)``. Its backward (``_SparseBilinearAttention``)
+  is written out: the value gradient is again a gather (points sorted by corner row) or, when there
+  are fewer corners than value rows, an ``index_add_``; location and attention gradients are closed
+  form from the per-corner weight gradients. Nothing of size D per sampling point is materialised,
+  forward or backward. Summation order differs from the reference, so results agree to float
+  rounding. At ReferFormer's encoder shapes it is about 1.8-2x faster than the reference on CPU
+  and needs under half its memory (``benchmarks/msdeform_attn.py``).
 
 Both run in float32 (float64 stays float64) with autocast disabled, and return the dtype of
 ``value``. The original CUDA kernel is not needed; no compilation happens anywhere.

@@ -333,6 +333,7 @@ class SwinTransformer(nn.Module):
                 self.num_channels[stage], depth, heads, (WINDOW_SIZE, WINDOW_SIZE), rates, shrink_windows=False
             )
             if stage < NUM_STAGES - 1:
+                # The merging after stage s is registered in it (checkpoint keys layers.{s}.downsample.*).
                 layer.downsample = PatchMerging(self.num_channels[stage])
             self.layers.append(layer)
         for stage, channels in enumerate(self.num_channels):

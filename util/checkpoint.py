@@ -308,3 +308,61 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+# ----------------------------------------------------------------------------- training checkpoints
+# File names in a training output directory: the latest state (rewritten at every save) and one
+# file per finished epoch, as the original.
+LATEST_CHECKPOINT = "checkpoint.pth"
+EPOCH_CHECKPOINT_PATTERN = re.compile(r"checkpoint(\d{4,})\.pth")
+# Class-head keys that --pretrained_weights does not load (the original deletes them so that a
+# model trained on other classes can be fine-tuned).
+CLASS_HEAD_KEY = re.compile(r"class_embed\.\d+\.(weight|bias)")
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    """``checkpoint{epoch:04}.pth``."""
+    return f"checkpoint{epoch:04}.pth"
+
+
+def _is_complete(path: Path) -> bool:
+    """A zip-serialised checkpoint is complete iff its central directory is readable."""
+    import zipfile
+
+    return path.is_file() and zipfile.is_zipfile(path)
+
+
+def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of a training output directory (``--resume auto``).
+
+    ``checkpoint.pth`` is always the newest save (mid-epoch or end of epoch); if it is missing or
+    damaged, the highest-numbered ``checkpointNNNN.pth`` is used. Returns None if there is none.
+    """
+    output_dir = Path(output_dir)
+    candidates = [output_dir / LATEST_CHECKPOINT]
+    if output_dir.is_dir():
+        numbered = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := EPOCH_CHECKPOINT_PATTERN.fullmatch(p.name))]
+        candidates += [path for _, path in sorted(numbered, reverse=True)]
+    for path in candidates:
+        if _is_complete(path):
+            return path
+        if path.exists():
+            logger.warning("ignoring incomplete or damaged checkpoint %s", path)
+    return None
+
+
+def load_pretrained_weights(model: nn.Module, path: str | os.PathLike, *, weights_only: bool = True) -> LoadReport:
+    """``--pretrained_weights``: the model weights of a checkpoint, without its class head.
+
+    As in the original, ``class_embed.{l}.weight/bias`` are dropped (the class head keeps its
+    fresh initialisation, so checkpoints with another class count load) and the rest loads
+    non-strictly; shapes must still match. Missing keys other than the class head are logged.
+    """
+    state = model_state_from_checkpoint(load_checkpoint(path, weights_only=weights_only), source=str(path))
+    state = {key: value for key, value in state.items() if not CLASS_HEAD_KEY.fullmatch(key)}
+    report = load_model_state(model, state, strict=False, source=str(path))
+    missing = [key for key in report.missing_keys if not CLASS_HEAD_KEY.fullmatch(key)]
+    if missing or report.unexpected_keys:
+        logger.warning("pretrained weights %s: %d missing keys %s, %d unexpected keys %s", path, len(missing),
+                       _first_keys(missing), len(report.unexpected_keys), _first_keys(list(report.unexpected_keys)))
+    return report

@@ -1,6 +1,9 @@
 """Distributed helpers; every one is a no-op (or the trivial answer) in a single process."""
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 
@@ -54,3 +57,32 @@ def all_gather_object(obj: object) -> list[object]:
     gathered: list[object] = [None] * get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+# ----------------------------------------------------------------------------- process group set-up
+@dataclass(frozen=True)
+class DistributedInfo:
+    """Where this process sits in the job; ``distributed`` is False for a plain ``python main.py``."""
+
+    distributed: bool = False
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+def init_distributed_mode(device: str, dist_url: str = "env://") -> DistributedInfo:
+    """Join the process group described by torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``.
+
+    The backend is NCCL for a CUDA ``device`` (each process uses GPU ``LOCAL_RANK``) and gloo
+    otherwise. Without those variables nothing happens and a single-process info is returned.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistributedInfo()
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=dist_url, world_size=world_size, rank=rank)
+    dist.barrier()
+    return DistributedInfo(True, rank, world_size, local_rank)

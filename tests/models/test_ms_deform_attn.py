@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-import zlib
 
 import pytest
 import torch
 
 from models.ms_deform_attn import MSDeformAttn, ms_deform_attn_core, ms_deform_attn_core_pytorch
 from tests.golden import assert_close_to_scale, load_case
+from tools.run_reference_case import fill_by_rule
 
 # Golden tolerance, relative to each tensor's max magnitude. Observed worst max|Δ| / max|ref| over
 # every enc/dec/core tensor (outputs, locations, weights, all gradients): 3.8e-7 (dec grad_query);
@@ -22,18 +22,6 @@ GOLDEN_REL = 1e-5
 RANDOM_REL = 1e-5
 
 
-def fill_by_weight_rule(module: torch.nn.Module) -> None:
-    """The golden data's deterministic weights (reference README, "Deterministic weight rule")."""
-    values = {}
-    for name, tensor in sorted(module.state_dict().items()):
-        generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-        if tensor.ndim == 1 and name.endswith("weight"):
-            values[name] = 1 + 0.1 * torch.randn(tensor.shape, generator=generator)
-        else:
-            values[name] = 0.02 * torch.randn(tensor.shape, generator=generator)
-    module.load_state_dict(values)
-
-
 @pytest.fixture(scope="module")
 def golden() -> dict:
     return load_case("msdeformattn.pt")
@@ -43,7 +31,7 @@ def golden() -> dict:
 def test_module_matches_golden(golden: dict, case: str) -> None:
     inputs, expected = golden["inputs"], golden["outputs"][case]
     module = MSDeformAttn(256, n_levels=4, n_heads=8, n_points=4)
-    fill_by_weight_rule(module)
+    fill_by_rule(module)
     query = inputs[case]["query"].clone().requires_grad_()
     reference_points = inputs[case]["reference_points"].clone().requires_grad_()
     input_flatten = inputs[case]["input_flatten"].clone().requires_grad_()

@@ -1,0 +1,140 @@
+"""Ref-YouTube-VOS inference: masks for every expression in the CodaLab layout, and the submission zip.
+
+    python inference_ytvos.py --binary --with_box_refine --freeze_text_encoder \\
+        --resume weights/ytvos_r50.pth --ytvos_path data/ref-youtube-vos --output_dir output/ytvos_r50 \\
+        --text_encoder weights/roberta-base --ngpu 1 --device cuda
+
+writes ``<output_dir>/<split>/Annotations/<video>/<exp_id>/<frame>.png`` (0/255 grayscale, the
+original frame size) and zips them into ``<output_dir>/submission-<split>.zip`` holding
+``Annotations/<video>/<exp_id>/<frame>.png``, ready to upload. The videos of ``--split valid``
+are the 202 of the valid expression file that are not in the test file (spec 4.1). A rerun of the
+same command skips finished expressions. ``--visualize`` adds
+``<output_dir>/<split>_images/<video>/<expression index>/<frame>.png`` and one GIF per expression.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+from datasets.meta import frame_path, meta_expressions_path, ytvos_split_videos
+from opts import get_args_parser, validate_args
+from video_inference import (
+    InferenceTask,
+    OutputGroup,
+    RunSummary,
+    VideoInferenceRunner,
+    VideoJob,
+    launch,
+    missing_outputs,
+    process_device,
+    remove_partial_root,
+    setup_logging,
+    shard,
+)
+
+logger = logging.getLogger("inference_ytvos")
+
+ANNOTATIONS_DIR = "Annotations"
+
+
+def get_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser("ReferFormer Ref-YouTube-VOS inference", parents=[get_args_parser(add_help=False)])
+
+
+def ytvos_jobs(ytvos_path: str | Path, split: str) -> list[VideoJob]:
+    """One job per video of the split (sorted by name), one output group per expression (file order)."""
+    videos = ytvos_split_videos(ytvos_path, split)
+    if not videos:
+        raise ValueError(f"{meta_expressions_path(ytvos_path, split)} lists no {split} videos")
+    jobs = []
+    for video, meta in videos.items():
+        groups = tuple(
+            OutputGroup(
+                folder=f"{ANNOTATIONS_DIR}/{video}/{expression.exp_id}",
+                expressions=(index,),
+                visual_folder=f"{video}/{index}",
+                color_index=index,
+            )
+            for index, expression in enumerate(meta.expressions)
+        )
+        jobs.append(VideoJob(
+            video=video,
+            frame_paths=tuple(frame_path(ytvos_path, split, video, frame) for frame in meta.frames),
+            output_names=meta.frames,
+            captions=tuple(expression.text for expression in meta.expressions),
+            groups=groups,
+        ))
+    return jobs
+
+
+def write_submission_zip(output_root: Path, jobs: Sequence[VideoJob], zip_path: Path) -> int:
+    """Zip every expected PNG as ``Annotations/<video>/<exp_id>/<frame>.png`` (atomically); returns the count.
+
+    Raises:
+        FileNotFoundError: some predictions are missing (listing the first ones).
+    """
+    missing = missing_outputs(output_root, jobs)
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} predictions are missing under {output_root}, e.g. {missing[:5]}; rerun the same command"
+        )
+    partial = zip_path.with_name(zip_path.name + ".partial")
+    count = 0
+    # PNGs are already compressed: store them.
+    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
+        for job in jobs:
+            for group in job.groups:
+                for name in job.output_names:
+                    archive.write(output_root / group.folder / f"{name}.png", arcname=f"{group.folder}/{name}.png")
+                    count += 1
+    os.replace(partial, zip_path)
+    return count
+
+
+def _worker(rank: int, world_size: int, args: argparse.Namespace) -> RunSummary:
+    from models import build_model
+    from models.predictor import VideoPredictor
+    from util.checkpoint import load_checkpoint, load_model_state, model_state_from_checkpoint
+
+    setup_logging(args.output_dir, rank)
+    device = process_device(args, int(os.environ.get("LOCAL_RANK", rank)), world_size)
+    jobs = shard(ytvos_jobs(args.ytvos_path, args.split), rank, world_size)
+    model, _, _ = build_model(args)
+    checkpoint = load_checkpoint(args.resume, weights_only=not args.unsafe_load)
+    load_model_state(model, model_state_from_checkpoint(checkpoint, source=args.resume), source=args.resume)
+    predictor = VideoPredictor(model, device=device, expressions_per_batch=args.expressions_per_batch)
+    output_dir = Path(args.output_dir)
+    task = InferenceTask(clip_len=None, merge_objects=False, threshold=args.threshold)
+    runner = VideoInferenceRunner(
+        predictor, task, output_dir / args.split,
+        visual_root=output_dir / f"{args.split}_images" if args.visualize else None,
+    )
+    return runner.run(jobs, position=rank)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Predict, then zip; returns the path of the submission zip."""
+    args = get_parser().parse_args(argv)
+    validate_args(args)
+    if not args.resume:
+        raise ValueError("pass the model checkpoint with --resume")
+    setup_logging(args.output_dir)
+    jobs = ytvos_jobs(args.ytvos_path, args.split)  # reads the metadata once up front: errors before any work
+    logger.info("Ref-YouTube-VOS %s: %d videos, %d expressions", args.split, len(jobs), sum(len(j.groups) for j in jobs))
+    is_main, summary = launch(_worker, args)
+    if summary is not None:
+        logger.info("summary: %s", summary.describe())
+    zip_path = Path(args.output_dir) / f"submission-{args.split}.zip"
+    if is_main:
+        remove_partial_root(Path(args.output_dir) / args.split)
+        count = write_submission_zip(Path(args.output_dir) / args.split, jobs, zip_path)
+        logger.info("wrote %s (%d masks)", zip_path, count)
+    return zip_path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The one video predictor: clip + referring expressions → chosen query → masks at the original size.
+
+Used by ``inference_ytvos.py``, ``inference_davis.py`` (through ``video_inference.py``) and the
+demo. Per clip it
+
+1. resizes the frames to a short side of 360 and normalises them (:func:`preprocess_frames`);
+2. runs the caption-independent part of the model once (:meth:`ReferFormer.forward_visual`) and the
+   rest for batches of expressions sharing it (:meth:`ReferFormer.forward_heads`); with
+   ``reuse_features=False`` it runs one full forward per expression instead, as the original;
+3. picks one query per expression for the whole clip (:func:`select_best_query`) and keeps only
+   that query's low-resolution mask logits, box and reference point (:class:`ExpressionPrediction`);
+4. upsamples those logits straight to the original frame size a few frames at a time
+   (:func:`iter_upsampled_logits`), so full-resolution memory does not grow with the video length.
+
+Glossary as in ``models/referformer.py``: T frames, Q queries, K classes, E expressions, h×w the
+mask size (stride 4 of the resized input), H×W the original frame size.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch import Tensor
+
+from models.postprocessors import select_best_query, upsample_query_masks
+from models.referformer import ReferFormer, VisualFeatures
+
+logger = logging.getLogger(__name__)
+
+# Frames are resized so that their short side is 360 px (torchvision ``Resize(360)``), as the original.
+INFERENCE_SHORT_SIDE = 360
+# ImageNet statistics the backbones were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Expressions run through the caption-dependent part of the model together. Larger batches help a
+# GPU; on a CPU the work per expression is the same and memory grows with the batch.
+DEFAULT_EXPRESSIONS_PER_BATCH = 4
+# Full-resolution planes (frames × objects) upsampled at once: bounds the memory of the last step.
+UPSAMPLE_PLANES = 8
+
+
+def preprocess_frames(frames: Sequence[Image.Image], short_side: int = INFERENCE_SHORT_SIDE) -> Tensor:
+    """RGB frames → model input ``[T, 3, h, w]``: ``Resize(short_side)`` (PIL bilinear), ``ToTensor``, normalise."""
+    tensors = []
+    for frame in frames:
+        resized = TF.resize(frame, short_side)
+        tensors.append(TF.normalize(TF.to_tensor(resized), IMAGENET_MEAN, IMAGENET_STD))
+    return torch.stack(tensors)  # [T, 3, h, w]
+
+
+@dataclass(frozen=True)
+class ExpressionPrediction:
+    """What is kept of one expression on one clip: the chosen query's outputs.
+
+    Attributes:
+        query_index: the chosen query (argmax of ``query_scores``).
+        query_scores: ``[Q]`` class probability per query, averaged over T and maxed over K.
+        mask_logits: ``[T, h, w]`` the chosen query's mask logits (stride 4 of the model input), on
+            the model's device (upsampling runs there).
+        boxes: ``[T, 4]`` its boxes, cxcywh normalised to the frame.
+        reference_points: ``[T, 2]`` its reference points (x, y) normalised to the frame.
+    """
+
+    query_index: int
+    query_scores: Tensor
+    mask_logits: Tensor
+    boxes: Tensor
+    reference_points: Tensor
+
+
+class VideoPredictor:
+    """Wraps a :class:`ReferFormer` in eval mode for clip-level referring segmentation.
+
+    Args:
+        model: the model (put in eval mode and moved to ``device`` here).
+        device: where the model runs.
+        expressions_per_batch: expressions sharing one pass through the caption-dependent part.
+        reuse_features: compute the backbone once per clip for all expressions; ``False`` runs the
+            original's one full forward per expression (the reference the fast path is tested against).
+        short_side: frames are resized to this short side (default :data:`INFERENCE_SHORT_SIDE`).
+    """
+
+    def __init__(
+        self,
+        model: ReferFormer,
+        *,
+        device: torch.device | str = "cpu",
+        expressions_per_batch: int = DEFAULT_EXPRESSIONS_PER_BATCH,
+        reuse_features: bool = True,
+        short_side: int | None = None,
+    ):
+        if expressions_per_batch < 1:
+            raise ValueError(f"expressions_per_batch must be at least 1, got {expressions_per_batch}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.expressions_per_batch = expressions_per_batch
+        self.reuse_features = reuse_features
+        self.short_side = short_side or INFERENCE_SHORT_SIDE
+
+    def preprocess(self, frames: Sequence[Image.Image]) -> Tensor:
+        """RGB frames → model input ``[T, 3, h, w]`` (:func:`preprocess_frames` at :attr:`short_side`)."""
+        return preprocess_frames(frames, self.short_side)
+
+    @torch.no_grad()
+    def predict_clip(self, clip: Tensor, captions: Sequence[str]) -> Iterator[list[ExpressionPrediction]]:
+        """Run every caption on one clip, yielding the predictions batch by batch (caption order).
+
+        Args:
+            clip: ``[T, 3, h, w]`` from :func:`preprocess_frames`.
+            captions: E referring expressions (raw text, as the original passes them).
+
+        Yields:
+            lists of :class:`ExpressionPrediction`, one per caption of the batch; the lists concatenate
+            to E predictions in caption order.
+        """
+        if clip.ndim != 4 or clip.shape[1] != 3:
+            raise ValueError(f"clip must be [T, 3, h, w], got shape {tuple(clip.shape)}")
+        clip = clip.to(self.device)
+        target = {"size": torch.as_tensor(clip.shape[-2:], device=self.device)}
+        if not self.reuse_features:
+            for caption in captions:
+                outputs = self.model([clip], [caption], [target])
+                yield [_choose_query(outputs, 0)]
+            return
+        visual: VisualFeatures = self.model.forward_visual([clip])
+        for start in range(0, len(captions), self.expressions_per_batch):
+            batch = list(captions[start : start + self.expressions_per_batch])
+            outputs = self.model.forward_heads(visual.repeat_clips(len(batch)), batch, [target] * len(batch))
+            yield [_choose_query(outputs, i) for i in range(len(batch))]
+
+
+def _choose_query(outputs: dict, index: int) -> ExpressionPrediction:
+    """Keep the best query of clip ``index`` of the model outputs (moved to the CPU)."""
+    query_index, query_scores = select_best_query(outputs["pred_logits"][index])  # [T, Q, K] → int, [Q]
+    return ExpressionPrediction(
+        query_index=query_index,
+        query_scores=query_scores.cpu(),
+        mask_logits=outputs["pred_masks"][index, :, query_index],  # [T, h, w], stays on the model's device
+        boxes=outputs["pred_boxes"][index, :, query_index].cpu(),  # [T, 4]
+        reference_points=outputs["reference_points"][index, :, query_index].cpu(),  # [T, 2]
+    )
+
+
+def frames_per_chunk(num_planes: int) -> int:
+    """How many frames to upsample at once when each frame has ``num_planes`` masks (objects)."""
+    return max(1, UPSAMPLE_PLANES // max(1, num_planes))
+
+
+def iter_upsampled_logits(
+    mask_logits: Sequence[Tensor], orig_size: tuple[int, int], chunk: int
+) -> Iterator[tuple[int, Tensor]]:
+    """Upsample the chosen logits of several expressions to the original size, ``chunk`` frames at a time.
+
+    Bilinear resizing treats each frame independently, so the chunks equal slices of one big
+    :func:`upsample_query_masks` call.
+
+    Args:
+        mask_logits: E tensors ``[T, h, w]`` (same T).
+        orig_size: ``(H, W)``.
+        chunk: frames per step.
+
+    Yields:
+        ``(start, logits)``: first frame index of the chunk and ``[E, t, H, W]`` logits, ``t <= chunk``.
+    """
+    num_frames = mask_logits[0].shape[0]
+    for start in range(0, num_frames, chunk):
+        stop = min(start + chunk, num_frames)
+        upsampled = [upsample_query_masks(m[start:stop, None].float(), 0, orig_size) for m in mask_logits]
+        yield start, torch.stack(upsampled)  # [E, t, H, W]

@@ -1,0 +1,110 @@
+"""The video predictor: feature reuse and expression batching equal one full forward per expression."""
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from models.postprocessors import upsample_query_masks
+from models.predictor import VideoPredictor, iter_upsampled_logits, preprocess_frames
+from tests.tiny_inference import build_random_tiny_model
+
+CAPTIONS = [
+    "the dog",
+    "a small animal hiding in the grass on the left",
+    "a red car",
+    "person",
+    "the second bird from the right flying away",
+]
+# Batched expressions are padded to the longest caption and run through batched matrix products,
+# so logits differ from one-at-a-time by float rounding: measured on this clip, max |Δ| 1.2e-5 on
+# mask logits of magnitude 2.8 (4e-6 relative), 1e-8 on query scores, 0 on boxes. Tolerance: 1e-4
+# of each output's scale.
+REL_TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_random_tiny_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return torch.randn(3, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+
+
+def predict_all(predictor: VideoPredictor, clip, captions):
+    return [prediction for batch in predictor.predict_clip(clip, captions) for prediction in batch]
+
+
+@pytest.fixture(scope="module")
+def reference(model, clip):
+    return predict_all(VideoPredictor(model, reuse_features=False), clip, CAPTIONS)
+
+
+def test_forward_is_visual_then_heads(model, clip):
+    targets = [{"size": torch.tensor(clip.shape[-2:])}]
+    with torch.no_grad():
+        full = model([clip], ["a dog"], targets)
+        split = model.forward_heads(model.forward_visual([clip], targets), ["a dog"], targets)
+    for key in ("pred_logits", "pred_boxes", "pred_masks", "reference_points"):
+        assert torch.equal(full[key], split[key]), key
+
+
+@pytest.mark.parametrize("expressions_per_batch", [1, 2, 5])
+def test_feature_reuse_and_batching_match_one_forward_per_expression(model, clip, reference, expressions_per_batch):
+    fast = predict_all(VideoPredictor(model, expressions_per_batch=expressions_per_batch), clip, CAPTIONS)
+    assert len(fast) == len(reference)
+    mask_scale = max(r.mask_logits.abs().max().item() for r in reference)
+    # the data exercise the query choice and the threshold: several queries are chosen, masks are mixed
+    assert len({r.query_index for r in reference}) > 1
+    assert all(0 < (r.mask_logits > 0).float().mean() < 1 for r in reference)
+    for r, f in zip(reference, fast):
+        assert f.query_index == r.query_index
+        torch.testing.assert_close(f.query_scores, r.query_scores, rtol=0, atol=REL_TOL * r.query_scores.abs().max().item())
+        torch.testing.assert_close(f.mask_logits, r.mask_logits, rtol=0, atol=REL_TOL * mask_scale)
+        torch.testing.assert_close(f.boxes, r.boxes, rtol=0, atol=REL_TOL)
+        torch.testing.assert_close(f.reference_points, r.reference_points, rtol=0, atol=REL_TOL)
+        # identical binary masks (a pixel whose logit lies within rounding of 0 could flip; none does here,
+        # the closest is 1e-4 from 0, ten times the largest difference)
+        assert torch.equal(f.mask_logits.sigmoid() > 0.5, r.mask_logits.sigmoid() > 0.5)
+
+
+def test_batches_follow_caption_order(model, clip):
+    batches = list(VideoPredictor(model, expressions_per_batch=2).predict_clip(clip, CAPTIONS))
+    assert [len(b) for b in batches] == [2, 2, 1]
+
+
+def test_repeat_clips_repeats_each_clip_in_a_row(model):
+    clips = [torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    with torch.no_grad():
+        visual = model.forward_visual(clips)
+        repeated = visual.repeat_clips(3)
+    assert repeated.num_clips == 6 and repeated.num_frames == 2
+    for level, src in enumerate(visual.srcs):
+        per_clip = src.unflatten(0, (2, 2))  # [B, T, C, H, W]
+        expected = per_clip.repeat_interleave(3, dim=0).flatten(0, 1)
+        assert torch.equal(repeated.srcs[level], expected)
+    assert torch.equal(repeated.features[0].mask[:6], visual.features[0].mask[:2].repeat(3, 1, 1))
+
+
+def test_chunked_upsampling_equals_one_call():
+    logits = [torch.randn(5, 6, 7, generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    chunks = list(iter_upsampled_logits(logits, (23, 29), chunk=2))
+    assert [start for start, _ in chunks] == [0, 2, 4]
+    stacked = torch.cat([c for _, c in chunks], dim=1)  # [E, T, H, W]
+    for e, m in enumerate(logits):
+        assert torch.equal(stacked[e], upsample_query_masks(m[:, None], 0, (23, 29)))
+
+
+def test_preprocess_resizes_short_side_to_360():
+    frames = [Image.new("RGB", (150, 100), (255, 0, 0))] * 2
+    clip = preprocess_frames(frames)
+    assert clip.shape == (2, 3, 360, 540)
+    # red normalised with the ImageNet statistics
+    torch.testing.assert_close(clip[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225]))
+
+
+def test_bad_clip_shape_is_rejected(model):
+    with pytest.raises(ValueError, match=r"\[T, 3, h, w\]"):
+        next(VideoPredictor(model).predict_clip(torch.zeros(3, 64, 64), ["a dog"]))

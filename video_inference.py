@@ -1,0 +1,386 @@
+"""What ``inference_ytvos.py`` and ``inference_davis.py`` share: jobs, resumable writing, sharding.
+
+The two benchmarks differ only in data (:class:`InferenceTask`): how long a clip is, and whether
+each expression becomes a folder of binary PNGs (Ref-YouTube-VOS) or the objects of one annotator
+are merged into palette label maps (Ref-DAVIS17). A video is a :class:`VideoJob` listing its
+frames, its captions and its output folders (:class:`OutputGroup`).
+
+Resumability: an output folder is first written under ``<output_root>/.partial/`` and renamed to
+its final place once every frame is in it, so a final folder is always complete. A rerun skips
+groups whose folder exists, deletes half-written ``.partial`` folders and redoes only those.
+
+Sharding: ``--ngpu N`` spawns N processes (one per GPU, or CPU processes sharing the cores), or
+``torchrun`` starts them; each takes a contiguous share of the videos.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+from tqdm import tqdm
+
+from datasets.meta import read_frame
+from models.postprocessors import binarize_mask_logits, merge_object_probs
+from models.predictor import ExpressionPrediction, VideoPredictor, frames_per_chunk, iter_upsampled_logits
+from util.visualize import draw_prediction, expression_color, overlay_labels, palette_image, save_gif
+
+logger = logging.getLogger(__name__)
+
+PARTIAL_DIR = ".partial"
+LOG_FILE = "inference.log"
+# Binary masks are written as 8-bit grayscale PNGs with foreground 255, as the original.
+FOREGROUND_VALUE = 255
+
+
+@dataclass(frozen=True)
+class InferenceTask:
+    """How a benchmark turns predictions into files.
+
+    Attributes:
+        clip_len: frames per forward pass; ``None`` = the whole video in one pass (Ref-YTVOS).
+        merge_objects: ``False``: one folder of 0/255 PNGs per expression; ``True``: the objects of a
+            group are merged into palette label maps (Ref-DAVIS17, background rule of
+            :func:`merge_object_probs`).
+        threshold: mask probability threshold of binary masks.
+        palette: ``[256, 3]`` uint8 palette of label maps (``merge_objects`` only).
+    """
+
+    clip_len: int | None
+    merge_objects: bool
+    threshold: float = 0.5
+    palette: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class OutputGroup:
+    """Expressions whose predictions make one output folder.
+
+    Attributes:
+        folder: output folder relative to the output root.
+        expressions: indices into :attr:`VideoJob.captions` (one for binary masks; the objects in
+            label order for merged maps).
+        visual_folder: folder of ``--visualize`` images relative to the visualisation root.
+        color_index: colour of a binary mask in the visualisation (the expression's index in its video).
+    """
+
+    folder: str
+    expressions: tuple[int, ...]
+    visual_folder: str
+    color_index: int = 0
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One video: its frames, captions and output groups.
+
+    Attributes:
+        video: name. frame_paths: frames in order. output_names: PNG file stem of each frame.
+    """
+
+    video: str
+    frame_paths: tuple[Path, ...]
+    output_names: tuple[str, ...]
+    captions: tuple[str, ...]
+    groups: tuple[OutputGroup, ...]
+
+
+@dataclass
+class RunSummary:
+    """Counts of one run (of one process)."""
+
+    videos: int = 0
+    skipped_videos: int = 0
+    expressions: int = 0
+    seconds: float = 0.0
+    processed_videos: int = field(default=0)
+
+    def merge(self, other: "RunSummary") -> "RunSummary":
+        return RunSummary(
+            self.videos + other.videos, self.skipped_videos + other.skipped_videos,
+            self.expressions + other.expressions, max(self.seconds, other.seconds),
+            self.processed_videos + other.processed_videos,
+        )
+
+    def describe(self) -> str:
+        per_video = self.seconds / self.processed_videos if self.processed_videos else 0.0
+        return (
+            f"{self.videos} videos ({self.processed_videos} processed, {self.skipped_videos} already complete), "
+            f"{self.expressions} expressions predicted in {self.seconds:.1f} s ({per_video:.2f} s per processed video)"
+        )
+
+
+def read_video_frames(paths: Sequence[Path], expected_size: tuple[int, int] | None) -> list[Image.Image]:
+    """Read RGB frames; every frame must have ``expected_size`` (W, H) (or the first frame's size).
+
+    Raises:
+        FileNotFoundError / OSError: a frame is missing or unreadable (naming the file).
+        ValueError: a frame's size differs from the video's, naming the file and both sizes.
+    """
+    frames = []
+    for path in paths:
+        frame = read_frame(path)
+        if expected_size is None:
+            expected_size = frame.size
+        elif frame.size != expected_size:
+            raise ValueError(
+                f"frame {path} is {frame.size[0]}x{frame.size[1]} but the video's frames are "
+                f"{expected_size[0]}x{expected_size[1]}; all frames of a video must have the same size"
+            )
+        frames.append(frame)
+    return frames
+
+
+class VideoInferenceRunner:
+    """Predicts videos and writes their output groups atomically (see the module docstring).
+
+    Args:
+        predictor: the model wrapper.
+        task: what to write.
+        output_root: folders of :attr:`OutputGroup.folder` are created under it.
+        visual_root: if given, ``--visualize`` images and GIFs are written under it.
+        on_group_done: called with each finished group (tests use it to interrupt a run).
+    """
+
+    def __init__(
+        self,
+        predictor: VideoPredictor,
+        task: InferenceTask,
+        output_root: str | Path,
+        visual_root: str | Path | None = None,
+        on_group_done: Callable[[OutputGroup], None] | None = None,
+    ):
+        if task.merge_objects and task.palette is None:
+            raise ValueError("merging objects into label maps needs a palette")
+        self.predictor = predictor
+        self.task = task
+        self.output_root = Path(output_root)
+        self.visual_root = Path(visual_root) if visual_root is not None else None
+        self.on_group_done = on_group_done
+
+    def is_done(self, group: OutputGroup) -> bool:
+        return (self.output_root / group.folder).is_dir()
+
+    def _partial(self, group: OutputGroup) -> Path:
+        return self.output_root / PARTIAL_DIR / group.folder
+
+    def run(self, jobs: Sequence[VideoJob], progress: bool = True, position: int = 0) -> RunSummary:
+        """Predict every unfinished group of ``jobs``; returns the counts."""
+        summary = RunSummary(videos=len(jobs))
+        start = time.perf_counter()
+        for job in tqdm(jobs, desc="videos", unit="video", disable=not progress, position=position, dynamic_ncols=True):
+            done = self.run_video(job)
+            if done is None:
+                summary.skipped_videos += 1
+            else:
+                summary.processed_videos += 1
+                summary.expressions += done
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    def run_video(self, job: VideoJob) -> int | None:
+        """Predict the unfinished groups of one video; returns the number of expressions run (None: all done)."""
+        pending = [group for group in job.groups if not self.is_done(group)]
+        if not pending:
+            return None
+        for group in pending:
+            partial = self._partial(group)
+            if partial.exists():
+                shutil.rmtree(partial)
+            partial.mkdir(parents=True)
+        needed = sorted({e for group in pending for e in group.expressions})
+        captions = [job.captions[e] for e in needed]
+        num_frames = len(job.frame_paths)
+        clip_len = self.task.clip_len or num_frames
+        frame_size = None
+        for clip_start in range(0, num_frames, clip_len):
+            clip_stop = min(clip_start + clip_len, num_frames)
+            frames = read_video_frames(job.frame_paths[clip_start:clip_stop], frame_size)
+            frame_size = frames[0].size
+            clip = self.predictor.preprocess(frames)  # [T, 3, h, w]
+            last_clip = clip_stop == num_frames
+            predictions: dict[int, ExpressionPrediction] = {}
+            waiting = list(pending)
+            batches = self.predictor.predict_clip(clip, captions)
+            for batch in batches:
+                for prediction in batch:
+                    predictions[needed[len(predictions)]] = prediction
+                for group in [g for g in waiting if all(e in predictions for e in g.expressions)]:
+                    waiting.remove(group)
+                    self._write_clip(job, group, predictions, frames, clip_start)
+                    if last_clip:
+                        self._finish(job, group)
+        return len(needed)
+
+    def _write_clip(
+        self, job: VideoJob, group: OutputGroup, predictions: dict[int, ExpressionPrediction],
+        frames: list[Image.Image], clip_start: int,
+    ) -> None:
+        """Write the group's PNGs (and visualisation) for the frames of one clip."""
+        width, height = frames[0].size
+        logits = [predictions[e].mask_logits for e in group.expressions]
+        partial = self._partial(group)
+        visual_dir = None
+        if self.visual_root is not None:
+            visual_dir = self.visual_root / group.visual_folder
+            visual_dir.mkdir(parents=True, exist_ok=True)
+        for start, upsampled in iter_upsampled_logits(logits, (height, width), frames_per_chunk(len(logits))):
+            # upsampled: [E, t, H, W] logits of the chunk's frames
+            if self.task.merge_objects:
+                planes = merge_object_probs(upsampled.sigmoid()).cpu().numpy()  # [t, H, W] labels
+            else:
+                planes = binarize_mask_logits(upsampled[0], self.task.threshold).cpu().numpy()  # [t, H, W] bool
+            for offset, plane in enumerate(planes):
+                index = clip_start + start + offset
+                name = job.output_names[index]
+                if self.task.merge_objects:
+                    palette_image(plane, self.task.palette).save(partial / f"{name}.png")
+                else:
+                    Image.fromarray(plane.astype(np.uint8) * FOREGROUND_VALUE, mode="L").save(partial / f"{name}.png")
+                if visual_dir is not None:
+                    frame = np.asarray(frames[start + offset])
+                    if self.task.merge_objects:
+                        image = overlay_labels(frame, plane, self.task.palette)
+                    else:
+                        prediction = predictions[group.expressions[0]]
+                        image = draw_prediction(
+                            frame, plane, expression_color(group.color_index),
+                            box=prediction.boxes[start + offset].tolist(),
+                            reference_point=prediction.reference_points[start + offset].tolist(),
+                        )
+                    image.save(visual_dir / f"{name}.png")
+
+    def _finish(self, job: VideoJob, group: OutputGroup) -> None:
+        """Check the group's frames, write its GIF, and move it into place."""
+        partial = self._partial(group)
+        missing = [name for name in job.output_names if not (partial / f"{name}.png").is_file()]
+        if missing:
+            raise RuntimeError(f"{partial}: frames {missing[:5]} were not written")
+        if self.visual_root is not None:
+            visual_dir = self.visual_root / group.visual_folder
+            save_gif([visual_dir / f"{name}.png" for name in job.output_names], visual_dir.with_suffix(".gif"))
+        final = self.output_root / group.folder
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, final)
+        if self.on_group_done is not None:
+            self.on_group_done(group)
+
+
+def missing_outputs(output_root: str | Path, jobs: Sequence[VideoJob]) -> list[str]:
+    """Output files the jobs should have produced but that do not exist (relative paths)."""
+    output_root = Path(output_root)
+    missing = []
+    for job in jobs:
+        for group in job.groups:
+            folder = output_root / group.folder
+            missing += [f"{group.folder}/{n}.png" for n in job.output_names if not (folder / f"{n}.png").is_file()]
+    return missing
+
+
+def remove_partial_root(output_root: str | Path) -> None:
+    """Remove ``<output_root>/.partial`` once it holds no files (call after every process has finished)."""
+    partial = Path(output_root) / PARTIAL_DIR
+    if partial.is_dir() and not any(path.is_file() for path in partial.rglob("*")):
+        shutil.rmtree(partial)
+
+
+def shard(jobs: Sequence[VideoJob], rank: int, world_size: int) -> list[VideoJob]:
+    """Contiguous share ``rank`` of ``world_size`` of the jobs (sizes differ by at most one)."""
+    per_rank, extra = divmod(len(jobs), world_size)
+    start = rank * per_rank + min(rank, extra)
+    return list(jobs[start : start + per_rank + (1 if rank < extra else 0)])
+
+
+# ----------------------------------------------------------------------------- processes
+def setup_logging(output_dir: str | Path, rank: int = 0) -> None:
+    """Console and ``<output_dir>/inference.log`` logging (rank 0 only logs INFO to the console)."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in list(root.handlers):
+        if getattr(handler, "_referformer", False):
+            root.removeHandler(handler)
+    formatter = logging.Formatter(f"%(asctime)s [rank {rank}] %(name)s %(levelname)s: %(message)s")
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    file = logging.FileHandler(Path(output_dir) / LOG_FILE)
+    for handler in (console, file):
+        handler.setFormatter(formatter)
+        handler._referformer = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+
+
+def torchrun_rank() -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` when started by ``torchrun`` with several processes, else ``None``."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return None
+    return int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def num_processes(args: argparse.Namespace) -> int:
+    """Processes to spawn for ``--ngpu``: at most the visible GPUs (CUDA) or CPU cores (CPU)."""
+    if args.ngpu < 1:
+        raise ValueError(f"--ngpu must be at least 1, got {args.ngpu}")
+    if torch.device(args.device).type == "cuda":
+        available = torch.cuda.device_count()
+        if available == 0:
+            raise RuntimeError("--device cuda was requested but no CUDA device is visible; pass --device cpu")
+    else:
+        available = os.cpu_count() or 1
+    if args.ngpu > available:
+        logger.warning("--ngpu %d but only %d %s available: using %d processes", args.ngpu, available,
+                       "GPUs" if torch.device(args.device).type == "cuda" else "CPU cores", available)
+    return min(args.ngpu, available)
+
+
+def process_device(args: argparse.Namespace, local_rank: int, world_size: int) -> torch.device:
+    """This process's device (``cuda:<local_rank>`` for CUDA); CPU processes split the cores."""
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if world_size > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    return device
+
+
+Worker = Callable[[int, int, argparse.Namespace], RunSummary]
+
+
+def launch(worker: Worker, args: argparse.Namespace) -> tuple[bool, RunSummary | None]:
+    """Run ``worker(rank, world_size, args)`` in every process.
+
+    Returns ``(is_main, summary)``: ``is_main`` is true in the one process that should finish the
+    job (write the zip, evaluate); ``summary`` is this process's counts (all processes' for
+    ``--ngpu`` spawning, ``None`` if unknown).
+    """
+    started = torchrun_rank()
+    if started is not None:
+        rank, world_size, _ = started
+        if not dist.is_initialized():
+            backend = "nccl" if torch.device(args.device).type == "cuda" else "gloo"
+            dist.init_process_group(backend)
+        summary = worker(rank, world_size, args)
+        dist.barrier()
+        return rank == 0, summary
+    world_size = num_processes(args)
+    if world_size == 1:
+        return True, worker(0, 1, args)
+    context = torch.multiprocessing.get_context("spawn")
+    with context.Pool(world_size) as pool:
+        summaries = pool.starmap(worker, [(rank, world_size, args) for rank in range(world_size)])
+    total = summaries[0]
+    for other in summaries[1:]:
+        total = total.merge(other)
+    return True, total
