@@ -18,9 +18,9 @@ Attributes, as the expressions use them:
 * motion ``left`` / ``right`` / ``up`` / ``down`` (constant velocity) or ``still``.
 
 An expression is a set of at most ``MAX_DESCRIPTION_ATTRIBUTES`` attributes that exactly one object
-of the video has; shorter descriptions, and those naming the shape, are drawn more often. "left" and "right" appear only as
-whole words, so a horizontal flip of the clip together with the left/right word swap of the
-training transforms keeps every expression true.
+of the video has; shorter descriptions, and those naming the shape, are drawn more often. "left"
+and "right" appear only as whole words, so a horizontal flip of the clip together with the
+left/right word swap of the training transforms keeps every expression true.
 
 Layout written under ``--output`` (spec 4.1)::
 
