@@ -1,13 +1,13 @@
 """Per-frame speed and peak memory of every backbone, with and without activation checkpointing.
 
     python benchmarks/backbones.py [--backbones resnet50 swin_t_p4w7 ...] [--frames 2]
-                                   [--height 360 --width 640] [--repeat 1] [--threads N] [--device cpu]
+                                   [--height 360 --width 640] [--repeat 1] [--warmup 0] [--threads N] [--device cpu]
 
 For each backbone body (random weights) on one clip of ``--frames`` frames it measures
 (1) the forward pass without gradients (eval mode), (2) forward + backward of a scalar made from
 all four feature maps (train mode), (3) the same with ``--use_checkpoint`` (Swin/Video Swin only).
-Each measurement runs in its own process after one warm-up step. Times are the fastest of
-``--repeat`` runs divided by the number of frames; memory is the peak above what the model and
+Each measurement runs in its own process, after ``--warmup`` untimed steps. Times are the fastest
+of ``--repeat`` runs divided by the number of frames; memory is the peak above what the model and
 input occupy (CUDA: ``max_memory_allocated``; CPU: peak resident set size, which includes
 allocator slack). Ratios are relative to ResNet-50.
 """
@@ -74,7 +74,8 @@ def measure_in_this_process(name: str, mode: str, args: argparse.Namespace) -> M
             torch.cuda.synchronize(device)
 
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else _resident_bytes()
-    step()  # warm-up: one-time allocations and kernel selection
+    for _ in range(args.warmup):  # one-time allocations and kernel selection
+        step()
     times = []
     for _ in range(args.repeat):
         start = time.perf_counter()
@@ -90,7 +91,8 @@ def measure_in_this_process(name: str, mode: str, args: argparse.Namespace) -> M
 def measure(name: str, mode: str, args: argparse.Namespace) -> Measurement | None:
     """Run :func:`measure_in_this_process` in a child process and read its JSON answer."""
     command = [sys.executable, __file__, "--worker", name, mode, "--frames", str(args.frames), "--height",
-               str(args.height), "--width", str(args.width), "--repeat", str(args.repeat), "--device", args.device]
+               str(args.height), "--width", str(args.width), "--repeat", str(args.repeat), "--warmup",
+               str(args.warmup), "--device", args.device]
     if args.threads:
         command += ["--threads", str(args.threads)]
     answer = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
@@ -105,7 +107,7 @@ def format_table(results: dict[str, dict[str, Measurement | None]], args: argpar
     )
     lines = [
         f"{args.frames} frames at {args.height}x{args.width}, device {args.device}, {torch.get_num_threads()} threads, "
-        f"best of {args.repeat}; ×r50 = ratio to {BASELINE}",
+        f"{args.warmup} warm-up + best of {args.repeat}; ms per frame, MiB above model+input; ×r50 = ratio to {BASELINE}",
         header,
         "-" * len(header),
     ]
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per measurement (fastest is kept)")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="untimed runs first (use 1 on a GPU; on a CPU the default keeps a full run short)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--worker", nargs=2, metavar=("BACKBONE", "MODE"), help=argparse.SUPPRESS)

@@ -6,7 +6,7 @@ prefix ``backbone``; index 0 is the body wrapper, index 1 the position encoding)
 clip axis, resizes the image padding mask to every level with legacy nearest interpolation and
 encodes positions per level.
 
-Backbones are chosen by name through ``BACKBONES`` (name → builder). ResNet-50/101 live here;
+Backbones are chosen by name through ``BACKBONES`` (name → builder). ResNet-18/34/50/101 live here;
 the Swin families register themselves in the same table.
 """
 from __future__ import annotations
@@ -27,6 +27,14 @@ from util.nested_tensor import NestedTensor
 FROZEN_BN_EPS = 1e-5
 # With a positive backbone learning rate the original trains only these ResNet stages.
 RESNET_TRAINABLE_STAGES = ("layer2", "layer3", "layer4")
+# Output channels of layer1..layer4 per torchvision ResNet: basic blocks (18, 34) keep their width,
+# bottlenecks (50, 101) expand it 4x. ResNet-18/34 are not in the paper; the CPU quick start uses them.
+RESNET_CHANNELS: dict[str, list[int]] = {
+    "resnet18": [64, 128, 256, 512],
+    "resnet34": [64, 128, 256, 512],
+    "resnet50": [256, 512, 1024, 2048],
+    "resnet101": [256, 512, 1024, 2048],
+}
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -139,7 +147,8 @@ def build_resnet(
     pretrained_path: str | None = None,
     use_checkpoint: bool = False,
 ) -> BackboneBody:
-    """ResNet-50/101 with FrozenBatchNorm2d; ``pretrained_path`` = torchvision ImageNet weights file."""
+    """A torchvision ResNet (:data:`RESNET_CHANNELS`) with FrozenBatchNorm2d; ``pretrained_path`` = torchvision
+    ImageNet weights file."""
     if use_checkpoint:
         raise ValueError("--use_checkpoint is supported by the Swin and Video Swin backbones only, not ResNet")
     resnet = getattr(torchvision.models, name)(
@@ -154,14 +163,13 @@ def build_resnet(
         if not train_backbone or not any(stage in param_name for stage in RESNET_TRAINABLE_STAGES):
             parameter.requires_grad_(False)
     strides = [4, 8, 16, 16 if dilation else 32]
-    return BackboneBody(body, strides=strides, num_channels=[256, 512, 1024, 2048])
+    return BackboneBody(body, strides=strides, num_channels=list(RESNET_CHANNELS[name]))
 
 
 BackboneBuilder = Callable[..., BackboneBody]
 # name → builder(name, *, train_backbone, dilation, pretrained_path, use_checkpoint)
 BACKBONES: dict[str, BackboneBuilder] = {
-    "resnet50": build_resnet,
-    "resnet101": build_resnet,
+    **{name: build_resnet for name in RESNET_CHANNELS},
     **{name: build_swin for name in SWIN_VARIANTS},
     **{name: build_video_swin for name in VIDEO_SWIN_VARIANTS},
 }

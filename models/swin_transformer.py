@@ -375,7 +375,7 @@ def build_swin(
         raise ValueError(f"--dilation applies to ResNet backbones only, not {name}")
     body = SwinTransformer(SWIN_VARIANTS[name])
     if pretrained_path:
-        from util.backbone_pretrained_scratch import load_swin_imagenet_weights
+        from util.checkpoint import load_swin_imagenet_weights
 
         load_swin_imagenet_weights(body, pretrained_path, backbone=name)
     body.set_grad_checkpointing(use_checkpoint)

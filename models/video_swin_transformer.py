@@ -106,7 +106,7 @@ def build_video_swin(
         raise ValueError(f"--dilation applies to ResNet backbones only, not {name}")
     body = VideoSwinTransformer(VIDEO_SWIN_VARIANTS[name])
     if pretrained_path:
-        from util.backbone_pretrained_scratch import load_video_swin_kinetics_weights
+        from util.checkpoint import load_video_swin_kinetics_weights
 
         load_video_swin_kinetics_weights(body, pretrained_path, backbone=name)
     body.set_grad_checkpointing(use_checkpoint)
