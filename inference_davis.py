@@ -101,7 +101,8 @@ def _worker(rank: int, world_size: int, args: argparse.Namespace) -> RunSummary:
     model, _, _ = build_model(args)
     checkpoint = load_checkpoint(args.resume, weights_only=not args.unsafe_load)
     load_model_state(model, model_state_from_checkpoint(checkpoint, source=args.resume), source=args.resume)
-    predictor = VideoPredictor(model, device=device, expressions_per_batch=args.expressions_per_batch)
+    predictor = VideoPredictor(model, device=device, expressions_per_batch=args.expressions_per_batch,
+                               short_side=args.short_side)
     palette = load_palette(Path(args.davis_path, args.split, ANNOTATIONS_DIR, *PALETTE_SOURCE))
     output_dir = Path(args.output_dir)
     task = InferenceTask(clip_len=DAVIS_CLIP_LEN, merge_objects=True, palette=palette)

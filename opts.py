@@ -20,12 +20,11 @@ import logging
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("ytvos", "davis", "a2d", "jhmdb", "refcoco", "refcoco+", "refcocog", "all", "joint")
+# "ref_shapes": the synthetic quick-start dataset (tools/data/make_ref_shapes.py), Ref-YTVOS layout.
+DATASETS = ("ytvos", "davis", "ref_shapes", "a2d", "jhmdb", "refcoco", "refcoco+", "refcocog", "all", "joint")
 
-# Class counts K of the class head (spec 3.3). The video counts are the lengths of the category
-# tables in spec Appendix A; RefCOCO uses raw COCO category ids (1..90) as class indices.
-YTVOS_NUM_CLASSES = 65
-DAVIS_NUM_CLASSES = 78
+# Class counts K of the class head (spec 3.3). The video datasets' counts are the lengths of their
+# category tables (datasets/categories.py); RefCOCO uses raw COCO category ids (1..90) as class indices.
 COCO_NUM_CLASSES = 91
 # --binary and A2D/JHMDB: one "referred object" class.
 BINARY_NUM_CLASSES = 1
@@ -75,7 +74,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     model.add_argument("--two_stage", default=False, action="store_true",
                        help="two-stage Deformable DETR: not supported by ReferFormer, must stay off")
     model.add_argument("--backbone", default="resnet50", type=str,
-                       help="resnet50, resnet101, swin_{t,s,b,l}_p4w7 or video_swin_{t,s,b}_p4w7")
+                       help="resnet50, resnet101, swin_{t,s,b,l}_p4w7 or video_swin_{t,s,b}_p4w7 (the paper's); "
+                            "resnet18 and resnet34 for the CPU quick start")
     model.add_argument("--backbone_pretrained", default=None, type=str,
                        help="ImageNet/Kinetics weights for a Swin/Video-Swin backbone when training from scratch")
     model.add_argument("--use_checkpoint", action="store_true",
@@ -167,9 +167,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     test.add_argument("--ngpu", default=8, type=int, help="GPUs for Ref-YTVOS / Ref-DAVIS inference")
     test.add_argument("--split", default="valid", type=str, choices=("valid", "test"))
     test.add_argument("--visualize", action="store_true", help="also save frames with the predicted masks drawn")
-    test.add_argument("--expressions_per_batch", default=4, type=int,
+    test.add_argument("--short_side", default=None, type=int,
+                      help="Ref-YTVOS / Ref-DAVIS inference and demo.py: frames are resized to this short side before "
+                           "the model; default 360, the original's (the CPU quick start uses its frames' 128)")
+    test.add_argument("--expressions_per_batch", default=None, type=int,
                       help="Ref-YTVOS / Ref-DAVIS inference: expressions of a clip that share one pass through the "
-                           "caption-dependent part of the model (the backbone runs once per clip for all of them)")
+                           "caption-dependent part of the model (the backbone runs once per clip for all of them); "
+                           "default 4 on CUDA, 1 on the CPU (where batching saves no time and multiplies memory)")
 
     distributed = parser.add_argument_group("distributed")
     distributed.add_argument("--world_size", default=1, type=int, help="number of distributed processes")
@@ -249,6 +253,8 @@ def validate_args(args: argparse.Namespace) -> None:
     for flag in ("num_frames", "num_queries", "dec_layers", "enc_n_points", "dec_n_points", "batch_size"):
         if getattr(args, flag) < 1:
             errors.append(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.short_side is not None and args.short_side < 1:
+        errors.append(f"--short_side must be at least 1, got {args.short_side}")
     errors += training_arg_errors(args)
     if errors:
         raise ValueError("invalid options:\n  " + "\n  ".join(errors))
@@ -261,10 +267,11 @@ def validate_args(args: argparse.Namespace) -> None:
 
 def num_classes_for(args: argparse.Namespace) -> int:
     """Size K of the class head (spec 3.3): 1 with ``--binary``, else from ``--dataset_file``."""
+    # imported here: datasets/ imports this module (the caption-flip modes)
+    from datasets.categories import VIDEO_CATEGORY_TABLES
+
     if args.binary or args.dataset_file in SINGLE_CLASS_DATASETS:
         return BINARY_NUM_CLASSES
-    if args.dataset_file == "ytvos":
-        return YTVOS_NUM_CLASSES
-    if args.dataset_file == "davis":
-        return DAVIS_NUM_CLASSES
+    if args.dataset_file in VIDEO_CATEGORY_TABLES:
+        return len(VIDEO_CATEGORY_TABLES[args.dataset_file])
     return COCO_NUM_CLASSES

@@ -18,9 +18,8 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,6 +32,7 @@ from tqdm import tqdm
 from datasets.meta import read_frame
 from models.postprocessors import binarize_mask_logits, merge_object_probs
 from models.predictor import ExpressionPrediction, VideoPredictor, frames_per_chunk, iter_upsampled_logits
+from util.logger import setup_logging as logger_setup
 from util.visualize import draw_prediction, expression_color, overlay_labels, palette_image, save_gif
 
 logger = logging.getLogger(__name__)
@@ -97,19 +97,23 @@ class VideoJob:
 
 @dataclass
 class RunSummary:
-    """Counts of one run (of one process)."""
+    """Counts of a run: ``videos`` assigned, of which ``processed_videos`` had unfinished groups and
+    ``skipped_videos`` were already complete; ``expressions`` predicted; wall-clock ``seconds``."""
 
     videos: int = 0
+    processed_videos: int = 0
     skipped_videos: int = 0
     expressions: int = 0
     seconds: float = 0.0
-    processed_videos: int = field(default=0)
 
     def merge(self, other: "RunSummary") -> "RunSummary":
+        """Counts of two processes that ran side by side (the wall-clock time is the longer one)."""
         return RunSummary(
-            self.videos + other.videos, self.skipped_videos + other.skipped_videos,
-            self.expressions + other.expressions, max(self.seconds, other.seconds),
-            self.processed_videos + other.processed_videos,
+            videos=self.videos + other.videos,
+            processed_videos=self.processed_videos + other.processed_videos,
+            skipped_videos=self.skipped_videos + other.skipped_videos,
+            expressions=self.expressions + other.expressions,
+            seconds=max(self.seconds, other.seconds),
         )
 
     def describe(self) -> str:
@@ -203,7 +207,10 @@ class VideoInferenceRunner:
         num_frames = len(job.frame_paths)
         clip_len = self.task.clip_len or num_frames
         frame_size = None
-        for clip_start in range(0, num_frames, clip_len):
+        clip_starts = range(0, num_frames, clip_len)
+        # a bar of its own for videos of several clips (long videos: Ref-DAVIS17, demo.py)
+        for clip_start in tqdm(clip_starts, desc=job.video, unit="clip", leave=False, disable=len(clip_starts) < 2,
+                               dynamic_ncols=True):
             clip_stop = min(clip_start + clip_len, num_frames)
             frames = read_video_frames(job.frame_paths[clip_start:clip_stop], frame_size)
             frame_size = frames[0].size
@@ -303,21 +310,8 @@ def shard(jobs: Sequence[VideoJob], rank: int, world_size: int) -> list[VideoJob
 
 # ----------------------------------------------------------------------------- processes
 def setup_logging(output_dir: str | Path, rank: int = 0) -> None:
-    """Console and ``<output_dir>/inference.log`` logging (rank 0 only logs INFO to the console)."""
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    for handler in list(root.handlers):
-        if getattr(handler, "_referformer", False):
-            root.removeHandler(handler)
-    formatter = logging.Formatter(f"%(asctime)s [rank {rank}] %(name)s %(levelname)s: %(message)s")
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    file = logging.FileHandler(Path(output_dir) / LOG_FILE)
-    for handler in (console, file):
-        handler.setFormatter(formatter)
-        handler._referformer = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    """Console logging, and ``<output_dir>/inference.log`` on rank 0 (other ranks log warnings only)."""
+    logger_setup(output_dir, is_main=rank == 0, file_name=LOG_FILE)
 
 
 def torchrun_rank() -> tuple[int, int, int] | None:

@@ -68,9 +68,11 @@ class VisionLanguageBlock(nn.Module):
 
     def _self_attention(self, visual: Tensor, visual_pos: Tensor, visual_mask: Tensor, t: int, h: int, w: int) -> Tensor:
         """Self-attention over all T·H·W pixels of a clip, on a nearest-downsampled grid if ``sr_ratio > 1``."""
+        # need_weights=self.training: in eval the fused attention kernel (SDPA) computes the same output
+        # without materialising the weights; training keeps the original's explicit path (dropout on the weights).
         q = k = visual + visual_pos
         if self.sr_ratio == 1:
-            return self.self_attn(q, k, value=visual, key_padding_mask=visual_mask)[0]
+            return self.self_attn(q, k, value=visual, key_padding_mask=visual_mask, need_weights=self.training)[0]
         b = visual.shape[1]
         size = (int(h / self.sr_ratio), int(w / self.sr_ratio))
 
@@ -82,10 +84,27 @@ class VisionLanguageBlock(nn.Module):
         mask = F.interpolate(visual_mask.reshape(b * t, 1, h, w).float(), size=size, mode="nearest").bool()
         mask = mask.reshape(b, t * size[0] * size[1])  # [B, T*h'*w']
         q = k = downsample(q)
-        attended = self.self_attn(q, k, value=downsample(visual), key_padding_mask=mask)[0]
+        attended = self.self_attn(q, k, value=downsample(visual), key_padding_mask=mask, need_weights=self.training)[0]
         attended = rearrange(attended, "(t h w) b c -> (b t) c h w", t=t, h=size[0], w=size[1])
         attended = F.interpolate(attended, size=(h, w), mode="bilinear", align_corners=False)
         return rearrange(attended, "(b t) c h w -> (t h w) b c", t=t)
+
+    def attend_visual(self, visual: Tensor, visual_pos: Tensor, visual_mask: Tensor, t: int, h: int, w: int) -> Tensor:
+        """First half: self-attention among the clip's pixels, with residual and ``norm1`` → ``[T*H*W, B, C]``.
+
+        Caption-independent when ``visual`` is (the finest stage, which reads the backbone's res2 feature).
+        """
+        return self.norm1(visual + self.dropout1(self._self_attention(visual, visual_pos, visual_mask, t, h, w)))
+
+    def attend_text(self, x: Tensor, text: Tensor, text_mask: Tensor, text_pos: Tensor, visual_pos: Tensor) -> Tensor:
+        """Second half: cross-attention to the words and the FFN → ``[T*H*W, B, C]``."""
+        attended = self.multihead_attn(
+            query=x + visual_pos, key=text + text_pos, value=text, key_padding_mask=text_mask, need_weights=self.training
+        )[0]
+        x = self.norm2(x + self.dropout2(attended))
+        # in-place ReLU: the FFN's hidden activation is the largest tensor of the block (T*H*W x 2048 at stride 4)
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(x), inplace=True)))
+        return self.norm3(x + self.dropout3(ffn))
 
     def forward(
         self, visual: Tensor, text: Tensor, t: int, h: int, w: int, visual_mask: Tensor, text_mask: Tensor,
@@ -99,11 +118,8 @@ class VisionLanguageBlock(nn.Module):
         Returns:
             ``[T*H*W, B, C]``.
         """
-        x = self.norm1(visual + self.dropout1(self._self_attention(visual, visual_pos, visual_mask, t, h, w)))
-        attended = self.multihead_attn(query=x + visual_pos, key=text + text_pos, value=text, key_padding_mask=text_mask)[0]
-        x = self.norm2(x + self.dropout2(attended))
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(x))))
-        return self.norm3(x + self.dropout3(ffn))
+        x = self.attend_visual(visual, visual_pos, visual_mask, t, h, w)
+        return self.attend_text(x, text, text_mask, text_pos, visual_pos)
 
 
 class CrossModalFPNDecoder(nn.Module):
@@ -139,6 +155,24 @@ class CrossModalFPNDecoder(nn.Module):
             self.add_module(f"cross_attn_{stage}", block)
         self.num_stages = len(feature_channels)
 
+    def _finest_stage_inputs(
+        self, features: list[NestedTensor], positions: list[Tensor], num_frames: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Adapted res2 feature, its positions and mask, sequence-first: ``[T*H*W, B, C]`` ×2, ``[B, T*H*W]``."""
+        b = features[0].tensors.shape[0] // num_frames
+        visual = rearrange(self.adapter_1(features[0].tensors), "(b t) c h w -> (t h w) b c", b=b, t=num_frames)
+        visual_pos = rearrange(positions[0], "(b t) c h w -> (t h w) b c", b=b, t=num_frames)
+        visual_mask = rearrange(features[0].mask, "(b t) h w -> b (t h w)", b=b, t=num_frames)
+        return visual, visual_pos, visual_mask
+
+    def forward_visual(self, features: list[NestedTensor], positions: list[Tensor], num_frames: int) -> Tensor:
+        """The caption-independent start of the finest stage (stride 4): the res2 feature's adapter and
+        self-attention (:meth:`VisionLanguageBlock.attend_visual`) → ``[T*H*W, B, C]``, for :meth:`forward`'s
+        ``finest_visual`` (inference computes it once for all expressions of a clip)."""
+        visual, visual_pos, visual_mask = self._finest_stage_inputs(features, positions, num_frames)
+        _, _, h, w = positions[0].shape
+        return self.cross_attn_1.attend_visual(visual, visual_pos, visual_mask, num_frames, h, w)
+
     def forward(
         self,
         features: list[NestedTensor],
@@ -146,6 +180,7 @@ class CrossModalFPNDecoder(nn.Module):
         positions: list[Tensor],
         memory: list[Tensor],
         num_frames: int,
+        finest_visual: Tensor | None = None,
     ) -> Tensor:
         """
         Args:
@@ -154,6 +189,7 @@ class CrossModalFPNDecoder(nn.Module):
             positions: backbone position maps per level ``[B*T, C, H_l, W_l]``.
             memory: encoder memory at strides 8, 16, 32 ``[B*T, C, H_l, W_l]``.
             num_frames: T.
+            finest_visual: :meth:`forward_visual` of the same features, if already computed.
 
         Returns:
             mask features ``[B*T, mask_dim, H/4, W/4]`` (stride 4 of the padded input).
@@ -161,25 +197,33 @@ class CrossModalFPNDecoder(nn.Module):
         text_pos = self.text_pos(text_word_features).permute(2, 0, 1)  # [S, B, C]
         text, text_mask = text_word_features.decompose()
         text = text.permute(1, 0, 2)  # [S, B, C]
-        # coarse to fine: (input, level with its mask, position) at strides 32, 16, 8, then res2 at stride 4
-        levels = list(zip(memory[::-1], features[1:][::-1], positions[1:][::-1]))
-        levels.append((features[0].tensors, features[0], positions[0]))
+        t = num_frames
         y = None
-        for index, (source, level, pos) in enumerate(levels):
+        # coarse to fine: encoder memory at strides 32, 16, 8 with the backbone level's mask and position
+        for index, (source, level, pos) in enumerate(zip(memory[::-1], features[1:][::-1], positions[1:][::-1])):
             stage = self.num_stages - index
             adapter = getattr(self, f"adapter_{stage}")
-            layer = getattr(self, f"layer_{stage}")
             block = getattr(self, f"cross_attn_{stage}")
             n, _, h, w = pos.shape
-            t = num_frames
             b = n // t
             visual = rearrange(adapter(source), "(b t) c h w -> (t h w) b c", b=b, t=t)
             visual_pos = rearrange(pos, "(b t) c h w -> (t h w) b c", b=b, t=t)
             visual_mask = rearrange(level.mask, "(b t) h w -> b (t h w)", b=b, t=t)
             fused = block(visual, text, t, h, w, visual_mask, text_mask, text_pos, visual_pos)
-            fused = rearrange(fused, "(t h w) b c -> (b t) c h w", t=t, h=h, w=w)
-            if y is None:
-                y = layer(fused)
-            else:
-                y = layer(fused + F.interpolate(y, size=fused.shape[-2:], mode="nearest"))
+            y = self._merge(getattr(self, f"layer_{stage}"), fused, y, t, h, w)
+        # finest stage (stride 4): the res2 feature, whose self-attention does not depend on the words
+        _, _, h, w = positions[0].shape
+        if finest_visual is None:
+            finest_visual = self.forward_visual(features, positions, t)
+        visual_pos = rearrange(positions[0], "(b t) c h w -> (t h w) b c", t=t)
+        fused = self.cross_attn_1.attend_text(finest_visual, text, text_mask, text_pos, visual_pos)
+        y = self._merge(self.layer_1, fused, y, t, h, w)
         return self.mask_features(y)
+
+    @staticmethod
+    def _merge(layer: nn.Module, fused: Tensor, coarser: Tensor | None, t: int, h: int, w: int) -> Tensor:
+        """``layer(fused + nearest-upsampled coarser output)``: ``[T*H*W, B, C]`` → ``[B*T, C, H, W]``."""
+        fused = rearrange(fused, "(t h w) b c -> (b t) c h w", t=t, h=h, w=w)
+        if coarser is None:
+            return layer(fused)
+        return layer(fused + F.interpolate(coarser, size=fused.shape[-2:], mode="nearest"))

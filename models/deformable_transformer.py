@@ -50,7 +50,7 @@ class DeformableTransformerEncoderLayer(nn.Module):
     ) -> Tensor:
         attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)[0]
         src = self.norm1(src + self.dropout1(attended))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))  # in place: the largest activation
         return self.norm2(src + self.dropout3(ffn))
 
 
@@ -112,8 +112,10 @@ class DeformableTransformerDecoderLayer(nn.Module):
         self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, src: Tensor, spatial_shapes: Tensor,
         level_start_index: Tensor, padding_mask: Tensor,
     ) -> Tensor:
+        # need_weights=self.training: in eval the fused attention kernel (SDPA) computes the same output
+        # without materialising the weights; training keeps the original's explicit path (dropout on the weights).
         q = k = (tgt + query_pos).transpose(0, 1)  # [Q, N, C]
-        attended = self.self_attn(q, k, tgt.transpose(0, 1))[0].transpose(0, 1)  # [N, Q, C]
+        attended = self.self_attn(q, k, tgt.transpose(0, 1), need_weights=self.training)[0].transpose(0, 1)  # [N, Q, C]
         tgt = self.norm2(tgt + self.dropout2(attended))
         attended = self.cross_attn(
             tgt + query_pos, reference_points, src, spatial_shapes, level_start_index, padding_mask

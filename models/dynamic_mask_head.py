@@ -78,22 +78,26 @@ class DynamicMaskHead(nn.Module):
         """
         b, t, c, h, w = mask_features.shape
         num_queries = reference_points.shape[1] // t
+        channels = self.dynamic_mask_channels
+        weights, biases = self.parse_dynamic_params(params.flatten(0, 1))  # instances ordered (b, t, q)
+        # First layer as one matrix product per frame: the frame's Q queries share its mask features, so
+        # they are multiplied by the stacked per-query weights without being copied Q times (the grouped
+        # 1x1 conv over [features, coordinates] it replaces computes the same sums).
+        first = weights[0].reshape(b, t, num_queries * channels, -1)  # [B, T, Q*D, C(+2)]
+        x = torch.matmul(first[..., :c], mask_features.reshape(b, t, c, h * w))  # [B, T, Q*D, h*w]
         if self.rel_coord:
             scale = sizes.flip(-1).to(reference_points.dtype)  # [B, 2] (w, h)
             reference_pixels = reference_points * scale[:, None, :]  # [B, T*Q, 2] in input pixels
             locations = compute_locations(h, w, MASK_FEAT_STRIDE, mask_features.device)  # [h*w, 2]
-            relative = reference_pixels.reshape(b, t, num_queries, 1, 1, 2) - locations.reshape(1, 1, 1, h, w, 2)
-            relative = relative.permute(0, 1, 2, 5, 3, 4).to(mask_features.dtype)  # [B, T, Q, 2, h, w]
-            features = mask_features[:, :, None].expand(-1, -1, num_queries, -1, -1, -1)  # [B, T, Q, C, h, w]
-            features = torch.cat([features, relative], dim=3)  # [B, T, Q, C+2, h, w]
-        else:
-            features = mask_features[:, :, None].expand(-1, -1, num_queries, -1, -1, -1)
-        features = features.reshape(1, -1, h, w)  # [1, B*T*Q*(C+2), h, w]
-        params = params.flatten(0, 1)  # [B*T*Q, P]
-        weights, biases = self.parse_dynamic_params(params)
-        x = features
-        for layer, (weight, bias) in enumerate(zip(weights, biases)):
-            x = F.conv2d(x, weight, bias=bias, stride=1, padding=0, groups=params.shape[0])
+            relative = reference_pixels.reshape(b, t, num_queries, 1, 2) - locations.reshape(1, 1, 1, h * w, 2)
+            relative = relative.transpose(-1, -2).to(mask_features.dtype)  # [B, T, Q, 2, h*w]
+            coordinate_weights = first[..., c:].reshape(b, t, num_queries, channels, 2)  # [B, T, Q, D, 2]
+            x = x + torch.matmul(coordinate_weights, relative).reshape(b, t, num_queries * channels, h * w)
+        x = F.relu(x + biases[0].reshape(b, t, num_queries * channels, 1))
+        x = x.reshape(1, -1, h, w)  # [1, B*T*Q*D, h, w]
+        num_insts = b * t * num_queries
+        for layer, (weight, bias) in enumerate(zip(weights[1:], biases[1:]), start=1):
+            x = F.conv2d(x, weight, bias=bias, stride=1, padding=0, groups=num_insts)
             if layer < len(weights) - 1:
                 x = F.relu(x)
         logits = aligned_bilinear(x.reshape(-1, 1, h, w), MASK_FEAT_STRIDE // MASK_OUT_STRIDE)

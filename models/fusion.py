@@ -30,7 +30,10 @@ class VisionLanguageFusionModule(nn.Module):
         Returns:
             ``[T*H*W, B, C]``.
         """
+        # need_weights=self.training: in eval the fused attention kernel (SDPA) computes the same output
+        # without materialising the weights; training keeps the original's explicit path (dropout on the weights).
         attended = self.multihead_attn(
-            query=visual, key=text_word_features + text_pos, value=text_word_features, key_padding_mask=text_mask
+            query=visual, key=text_word_features + text_pos, value=text_word_features, key_padding_mask=text_mask,
+            need_weights=self.training,
         )[0]
         return visual * attended

@@ -56,7 +56,7 @@ DAVIS_BACKGROUND_SCORE = 0.1
 # Label maps are uint8 PNGs: label 0 is background, objects are 1..n_obj.
 MAX_DAVIS_OBJECTS = int(np.iinfo(np.uint8).max)
 
-VIDEO_DATASETS = ("ytvos", "davis", "joint")
+VIDEO_DATASETS = ("ytvos", "davis", "ref_shapes", "joint")
 A2D_DATASETS = ("a2d", "jhmdb")
 REFCOCO_DATASETS = ("refcoco", "refcoco+", "refcocog", "all")
 
@@ -300,7 +300,7 @@ def build_postprocessors(dataset_file: str, threshold: float) -> dict[str, nn.Mo
     * ``a2d`` / ``jhmdb`` → ``{"segm": A2DSentencesPostProcess()}`` (threshold fixed at 0.5);
     * ``refcoco``, ``refcoco+``, ``refcocog``, ``all`` → ``{"bbox": PostProcess(),
       "segm": PostProcessSegm(threshold)}``;
-    * ``ytvos``, ``davis``, ``joint`` → ``{}``: these are never evaluated in the training loop;
+    * ``ytvos``, ``davis``, ``ref_shapes``, ``joint`` → ``{}``: these are never evaluated in the training loop;
       video inference uses :func:`select_best_query` and friends instead.
 
     The original returned the bare A2D module (not a dict) and built unused box/mask

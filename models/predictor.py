@@ -17,7 +17,6 @@ mask size (stride 4 of the resized input), H×W the original frame size.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -26,21 +25,24 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import Tensor
 
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from models.postprocessors import select_best_query, upsample_query_masks
 from models.referformer import ReferFormer, VisualFeatures
 
-logger = logging.getLogger(__name__)
-
 # Frames are resized so that their short side is 360 px (torchvision ``Resize(360)``), as the original.
 INFERENCE_SHORT_SIDE = 360
-# ImageNet statistics the backbones were trained with.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Expressions run through the caption-dependent part of the model together. Larger batches help a
-# GPU; on a CPU the work per expression is the same and memory grows with the batch.
-DEFAULT_EXPRESSIONS_PER_BATCH = 4
+# Expressions run through the caption-dependent part of the model together. Batches fill a GPU better;
+# on a CPU the work per expression is the same and activation memory grows with the batch
+# (benchmarks/inference.py), so expressions run one at a time there.
+GPU_EXPRESSIONS_PER_BATCH = 4
+CPU_EXPRESSIONS_PER_BATCH = 1
 # Full-resolution planes (frames × objects) upsampled at once: bounds the memory of the last step.
 UPSAMPLE_PLANES = 8
+
+
+def default_expressions_per_batch(device: torch.device | str) -> int:
+    """:data:`GPU_EXPRESSIONS_PER_BATCH` on CUDA, :data:`CPU_EXPRESSIONS_PER_BATCH` elsewhere."""
+    return GPU_EXPRESSIONS_PER_BATCH if torch.device(device).type == "cuda" else CPU_EXPRESSIONS_PER_BATCH
 
 
 def preprocess_frames(frames: Sequence[Image.Image], short_side: int = INFERENCE_SHORT_SIDE) -> Tensor:
@@ -78,7 +80,8 @@ class VideoPredictor:
     Args:
         model: the model (put in eval mode and moved to ``device`` here).
         device: where the model runs.
-        expressions_per_batch: expressions sharing one pass through the caption-dependent part.
+        expressions_per_batch: expressions sharing one pass through the caption-dependent part
+            (default: :func:`default_expressions_per_batch` of ``device``).
         reuse_features: compute the backbone once per clip for all expressions; ``False`` runs the
             original's one full forward per expression (the reference the fast path is tested against).
         short_side: frames are resized to this short side (default :data:`INFERENCE_SHORT_SIDE`).
@@ -89,13 +92,15 @@ class VideoPredictor:
         model: ReferFormer,
         *,
         device: torch.device | str = "cpu",
-        expressions_per_batch: int = DEFAULT_EXPRESSIONS_PER_BATCH,
+        expressions_per_batch: int | None = None,
         reuse_features: bool = True,
         short_side: int | None = None,
     ):
+        self.device = torch.device(device)
+        if expressions_per_batch is None:
+            expressions_per_batch = default_expressions_per_batch(self.device)
         if expressions_per_batch < 1:
             raise ValueError(f"expressions_per_batch must be at least 1, got {expressions_per_batch}")
-        self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.expressions_per_batch = expressions_per_batch
         self.reuse_features = reuse_features
@@ -129,7 +134,9 @@ class VideoPredictor:
         visual: VisualFeatures = self.model.forward_visual([clip])
         for start in range(0, len(captions), self.expressions_per_batch):
             batch = list(captions[start : start + self.expressions_per_batch])
-            outputs = self.model.forward_heads(visual.repeat_clips(len(batch)), batch, [target] * len(batch))
+            outputs = self.model.forward_heads(
+                visual.repeat_clips(len(batch)), batch, [target] * len(batch), aux_outputs=False
+            )
             yield [_choose_query(outputs, i) for i in range(len(batch))]
 
 

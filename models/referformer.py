@@ -53,6 +53,9 @@ class VisualFeatures:
         srcs: projected transformer levels ``[N, C, H_l, W_l]``.
         masks: their padding masks ``[N, H_l, W_l]``; poses: their positions ``[N, C, H_l, W_l]``.
         num_clips: B; num_frames: T.
+        finest_visual: the pixel decoder's caption-independent start of its stride-4 stage
+            ``[T*H*W, B, C]`` (:meth:`CrossModalFPNDecoder.forward_visual`); computed in eval mode only,
+            so that training draws its dropout in the original's order.
     """
 
     features: list[NestedTensor]
@@ -62,6 +65,7 @@ class VisualFeatures:
     poses: list[Tensor]
     num_clips: int
     num_frames: int
+    finest_visual: Tensor | None = None
 
     def repeat_clips(self, repeats: int) -> "VisualFeatures":
         """Each clip repeated ``repeats`` times in a row (clip b becomes clips ``b*repeats .. b*repeats+repeats-1``),
@@ -82,6 +86,7 @@ class VisualFeatures:
             poses=[rep(p) for p in self.poses],
             num_clips=b * repeats,
             num_frames=t,
+            finest_visual=None if self.finest_visual is None else self.finest_visual.repeat_interleave(repeats, dim=1),
         )
 
 
@@ -245,7 +250,8 @@ class ReferFormer(nn.Module):
         return self.forward_heads(self.forward_visual(samples, targets), captions, targets)
 
     def forward_visual(self, samples: NestedTensor | list[Tensor], targets: list[dict] | None = None) -> VisualFeatures:
-        """The caption-independent part of the forward: backbone, positions and input projections.
+        """The caption-independent part of the forward: backbone, positions, input projections and, in
+        eval mode, the start of the pixel decoder's finest stage.
 
         Args:
             samples: as in :meth:`forward`.
@@ -280,18 +286,26 @@ class ReferFormer(nn.Module):
         poses.append(self.backbone[1](NestedTensor(src, mask)).to(src.dtype))
         srcs.append(src)
         masks.append(mask)
-        return VisualFeatures(features, pos, srcs, masks, poses, num_clips=b, num_frames=t)
+        finest_visual = None if self.training else self.pixel_decoder.forward_visual(features, pos, t)
+        return VisualFeatures(features, pos, srcs, masks, poses, num_clips=b, num_frames=t, finest_visual=finest_visual)
 
-    def forward_heads(self, visual: VisualFeatures, captions: list[str], targets: list[dict]) -> dict:
+    def forward_heads(
+        self, visual: VisualFeatures, captions: list[str], targets: list[dict], *, aux_outputs: bool | None = None
+    ) -> dict:
         """Everything after :meth:`forward_visual`: text encoder, early fusion, transformer, heads, masks.
 
         Args:
-            visual: features of B clips (:meth:`VisualFeatures.repeat` shares one clip among B captions).
+            visual: features of B clips (:meth:`VisualFeatures.repeat_clips` shares one clip among captions).
             captions: B referring expressions; targets: B dicts with ``size`` (unpadded input ``(h, w)``).
+            aux_outputs: also return the earlier decoder layers' predictions (default: ``self.aux_loss``).
+                Inference passes ``False``: it reads only the last layer, and the masks of the others
+                are then not computed.
 
         Returns:
             the outputs of :meth:`forward`.
         """
+        if aux_outputs is None:
+            aux_outputs = self.aux_loss
         b, t = visual.num_clips, visual.num_frames
         if b != len(captions) or b != len(targets):
             raise ValueError(f"expected {b} captions and targets for {b} clips, got {len(captions)} and {len(targets)}")
@@ -324,18 +338,20 @@ class ReferFormer(nn.Module):
         outputs_class = torch.stack(outputs_classes).reshape(num_layers, b, t, self.num_queries, -1)  # [L, B, T, Q, K]
         outputs_coord = torch.stack(outputs_coords).reshape(num_layers, b, t, self.num_queries, 4)  # [L, B, T, Q, 4]
 
-        mask_features = self.pixel_decoder(features, text_word_features, pos, memory, num_frames=t)
+        mask_features = self.pixel_decoder(
+            features, text_word_features, pos, memory, num_frames=t, finest_visual=visual.finest_visual
+        )
         mask_features = mask_features.reshape(b, t, *mask_features.shape[1:])  # [B, T, C, h, w]
         sizes = torch.stack([torch.as_tensor(target["size"], device=mask_features.device) for target in targets])  # [B, 2]
         outputs_masks = []
-        for lvl in range(num_layers):
+        for lvl in range(0 if aux_outputs else num_layers - 1, num_layers):
             params = self.controller(hs[lvl]).reshape(b, t * self.num_queries, -1)  # [B, T*Q, P]
             references = inter_references[lvl, ..., :2].reshape(b, t * self.num_queries, 2)  # [B, T*Q, 2]
             masks_lvl = self.mask_head(mask_features, params, references, sizes)  # [B, T*Q, h, w]
             outputs_masks.append(masks_lvl.reshape(b, t, self.num_queries, *masks_lvl.shape[-2:]))
 
         out = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1], "pred_masks": outputs_masks[-1]}
-        if self.aux_loss:
+        if aux_outputs:
             out["aux_outputs"] = [
                 {"pred_logits": c, "pred_boxes": d, "pred_masks": m}
                 for c, d, m in zip(outputs_class[:-1], outputs_coord[:-1], outputs_masks[:-1])

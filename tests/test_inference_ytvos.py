@@ -44,7 +44,7 @@ def argv(assets, data: Path, output: Path, *extra: str) -> list[str]:
     text_dir, checkpoint = assets
     return [
         *TINY_MODEL_FLAGS, "--text_encoder", str(text_dir), "--resume", str(checkpoint),
-        "--ytvos_path", str(data), "--output_dir", str(output), *extra,
+        "--ytvos_path", str(data), "--output_dir", str(output), "--expressions_per_batch", "2", *extra,
     ]
 
 
@@ -178,6 +178,7 @@ def test_sigkill_then_rerun(assets, uninterrupted, tmp_path):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    assert not (output / "submission-valid.zip").exists()  # killed before the end
     subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert files_under(output / "valid") == files_under(reference_output / "valid")
 
@@ -238,3 +239,18 @@ def test_shard_splits_contiguously_without_loss():
 
 def test_torch_threads_untouched_by_single_process_run(uninterrupted):
     assert torch.get_num_threads() == 1  # the conftest fixture's value; a one-process CPU run keeps it
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_writes(assets, tmp_path, monkeypatch):
+    """--ngpu 2 on the CPU spawns two processes, each taking one video; the output equals a one-process run.
+
+    Spawned processes do not see the test's smaller frame size, so both runs use the real one (360).
+    """
+    monkeypatch.setattr(models.predictor, "INFERENCE_SHORT_SIDE", 360)
+    data = make_ytvos(tmp_path / "data")
+    one = inference_ytvos.main(argv(assets, data, tmp_path / "one"))
+    two = inference_ytvos.main(argv(assets, data, tmp_path / "two", "--ngpu", "2"))
+    assert files_under(tmp_path / "two" / "valid") == files_under(tmp_path / "one" / "valid")
+    with zipfile.ZipFile(one) as a, zipfile.ZipFile(two) as b:
+        assert sorted(a.namelist()) == sorted(b.namelist())

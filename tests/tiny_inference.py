@@ -96,8 +96,7 @@ def make_ytvos(root: Path) -> Path:
     for index, (video, spec) in enumerate(YTVOS_VIDEOS.items()):
         width, height = spec["size"]
         for t, frame in enumerate(spec["frames"]):
-            split_dir = "valid"
-            write_frame(root / split_dir / "JPEGImages" / video / f"{frame}.jpg", width, height, seed=100 * index + t)
+            write_frame(root / "valid" / "JPEGImages" / video / f"{frame}.jpg", width, height, seed=100 * index + t)
         entry = {"expressions": {str(i): {"exp": e} for i, e in enumerate(spec["expressions"])}, "frames": spec["frames"]}
         valid[video] = entry
         if video in YTVOS_TEST_VIDEOS:

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from models.postprocessors import upsample_query_masks
-from models.predictor import VideoPredictor, iter_upsampled_logits, preprocess_frames
+from models.predictor import VideoPredictor, default_expressions_per_batch, iter_upsampled_logits, preprocess_frames
 from tests.tiny_inference import build_random_tiny_model
 
 CAPTIONS = [
@@ -108,3 +108,10 @@ def test_preprocess_resizes_short_side_to_360():
 def test_bad_clip_shape_is_rejected(model):
     with pytest.raises(ValueError, match=r"\[T, 3, h, w\]"):
         next(VideoPredictor(model).predict_clip(torch.zeros(3, 64, 64), ["a dog"]))
+
+
+def test_expressions_run_one_at_a_time_on_the_cpu_and_four_at_a_time_on_cuda(model):
+    assert VideoPredictor(model).expressions_per_batch == 1
+    assert default_expressions_per_batch("cuda:0") == 4
+    with pytest.raises(ValueError, match="at least 1"):
+        VideoPredictor(model, expressions_per_batch=0)
