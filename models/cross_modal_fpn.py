@@ -21,6 +21,8 @@ FPN_GROUP_NORM_GROUPS = 8
 SR_RATIOS = (8, 4, 2, 1)
 FPN_ATTENTION_HEADS = 8
 FPN_DROPOUT = 0.1  # hard-coded in the original, independent of --dropout
+# The stride-4 map is reduced 8x for self-attention, so it needs >= 8 cells: about 29 input pixels.
+MIN_INPUT_SIDE = 4 * SR_RATIOS[0] - 3
 
 
 class ConvNormActivation(nn.Conv2d):
@@ -75,6 +77,11 @@ class VisionLanguageBlock(nn.Module):
             return self.self_attn(q, k, value=visual, key_padding_mask=visual_mask, need_weights=self.training)[0]
         b = visual.shape[1]
         size = (int(h / self.sr_ratio), int(w / self.sr_ratio))
+        if min(size) == 0:
+            raise ValueError(
+                f"input too small for the cross-modal FPN: a {h}x{w} feature map cannot be reduced {self.sr_ratio}x "
+                f"for self-attention; frames need at least about {MIN_INPUT_SIDE} pixels per side"
+            )
 
         def downsample(x: Tensor) -> Tensor:
             x = rearrange(x, "(t h w) b c -> (b t) c h w", t=t, h=h, w=w)

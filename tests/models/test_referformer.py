@@ -126,3 +126,10 @@ def test_wrong_input_rank_is_rejected(tiny_model):
     model, _ = tiny_model
     with pytest.raises(ValueError, match=r"\[T, 3, H, W\]"):
         model([torch.randn(3, 64, 64)], ["a dog"], [{"size": torch.tensor([64, 64])}])
+
+
+def test_input_smaller_than_the_fpn_reduction_is_rejected(tiny_model):
+    model, _ = tiny_model
+    clips = random_clips([(24, 24)], frames=1)
+    with pytest.raises(ValueError, match="input too small"):
+        model(clips, ["a dog"], targets_for(clips))
