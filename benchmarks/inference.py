@@ -9,7 +9,8 @@ model-input size ``--height``x``--width`` with N expressions, including upsampli
 expression's chosen mask to the original size ``--orig_height``x``--orig_width`` and thresholding:
 
 * straightforward: ``VideoPredictor(reuse_features=False)``, one full forward per expression (with
-  the auxiliary decoder layers' masks), as the original's inference scripts do;
+  the auxiliary decoder layers' masks) and the per-level ``grid_sample`` deformable-attention core
+  (the original's pure-PyTorch formulation), as the original's inference scripts do;
 * reuse: the backbone once per clip, the rest in batches of ``--expressions_per_batch`` expressions,
   auxiliary masks skipped.
 
@@ -106,6 +107,14 @@ def build_model(args: argparse.Namespace):
     return model.eval()
 
 
+def use_reference_deformable_core(model, enabled: bool) -> None:
+    from models.ms_deform_attn import MSDeformAttn
+
+    for module in model.modules():
+        if isinstance(module, MSDeformAttn):
+            module.use_reference_core = enabled
+
+
 def run_video(predictor, clip, captions, orig_size, threshold=0.5):
     """Predict one clip for all captions and bring every chosen mask to the original size; returns the
     low-resolution logits and the binary masks (only for comparison)."""
@@ -141,10 +150,12 @@ def worker_expressions(args: argparse.Namespace) -> dict:
     peak = {name: 0.0 for name in predictors}
     outputs = {}
     with torch.no_grad():
-        for predictor in predictors.values():  # warm-up: first calls allocate and pick kernels
+        for name, predictor in predictors.items():  # warm-up: first calls allocate and pick kernels
+            use_reference_deformable_core(model, name == "straightforward")
             run_video(predictor, clip, captions[:1], orig_size)
         for _ in range(args.repeat):
             for name, predictor in predictors.items():
+                use_reference_deformable_core(model, name == "straightforward")
                 with PeakRss() as rss:
                     start, cpu_start = time.perf_counter(), time.process_time()
                     outputs[name] = run_video(predictor, clip, captions, orig_size)

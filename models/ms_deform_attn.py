@@ -348,6 +348,8 @@ class MSDeformAttn(nn.Module):
             raise ValueError(f"d_model must be divisible by n_heads, but got d_model={d_model}, n_heads={n_heads}")
         # Kept for state compatibility with the original CUDA op (its batch chunk size); unused here.
         self.im2col_step = 64
+        # Run the per-level grid_sample reference core instead of the fast one (benchmark baselines).
+        self.use_reference_core = False
         self.d_model = d_model
         self.n_levels = n_levels
         self.n_heads = n_heads
@@ -483,6 +485,9 @@ class MSDeformAttn(nn.Module):
                 + sampling_offsets / num_points * reference_points[:, :, None, :, None, 2:] * 0.5
             )
 
-        output = ms_deform_attn_core(value, shapes, sampling_locations, attention_weights)
+        if self.use_reference_core:
+            output = ms_deform_attn_core_pytorch(value, input_spatial_shapes, sampling_locations, attention_weights)
+        else:
+            output = ms_deform_attn_core(value, shapes, sampling_locations, attention_weights)
         output = self.output_proj(output).to(query.dtype)
         return output, sampling_locations, attention_weights

@@ -235,3 +235,13 @@ def test_autocast_bfloat16(reference_dim: int) -> None:
     assert torch.isfinite(output).all()
     # bfloat16 projections: about 3 significant digits.
     assert_close_to_scale(output, expected, 3e-2, "autocast output")
+
+
+def test_module_reference_core_switch_gives_the_same_output() -> None:
+    module = MSDeformAttn(16, n_levels=2, n_heads=2, n_points=3)
+    fill_by_rule(module)
+    inputs = small_inputs(reference_dim=4)
+    fast = module(**inputs)[0]
+    module.use_reference_core = True
+    reference = module(**inputs)[0]
+    assert_close_to_scale(fast, reference, RANDOM_REL, "reference core switch")
