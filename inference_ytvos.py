@@ -96,18 +96,12 @@ def write_submission_zip(output_root: Path, jobs: Sequence[VideoJob], zip_path: 
 
 
 def _worker(rank: int, world_size: int, args: argparse.Namespace) -> RunSummary:
-    from models import build_model
-    from models.predictor import VideoPredictor
-    from util.checkpoint import load_checkpoint, load_model_state, model_state_from_checkpoint
+    from models.predictor import load_predictor
 
     setup_logging(args.output_dir, rank)
     device = process_device(args, int(os.environ.get("LOCAL_RANK", rank)), world_size)
     jobs = shard(ytvos_jobs(args.ytvos_path, args.split), rank, world_size)
-    model, _, _ = build_model(args)
-    checkpoint = load_checkpoint(args.resume, weights_only=not args.unsafe_load)
-    load_model_state(model, model_state_from_checkpoint(checkpoint, source=args.resume), source=args.resume)
-    predictor = VideoPredictor(model, device=device, expressions_per_batch=args.expressions_per_batch,
-                               short_side=args.short_side)
+    predictor = load_predictor(args, args.resume, device, args.expressions_per_batch)
     output_dir = Path(args.output_dir)
     task = InferenceTask(clip_len=None, merge_objects=False, threshold=args.threshold)
     runner = VideoInferenceRunner(

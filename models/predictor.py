@@ -178,3 +178,19 @@ def iter_upsampled_logits(
         stop = min(start + chunk, num_frames)
         upsampled = [upsample_query_masks(m[start:stop, None].float(), 0, orig_size) for m in mask_logits]
         yield start, torch.stack(upsampled)  # [E, t, H, W]
+
+
+def load_predictor(
+    args, checkpoint_path: str, device: torch.device | str, expressions_per_batch: int | None = None
+) -> VideoPredictor:
+    """Build the model from the options of ``opts.py``, load ``checkpoint_path`` strictly and wrap it.
+
+    The checkpoint may be an official ReferFormer release or one written by ``main.py``.
+    """
+    from models import build_model
+    from util.checkpoint import load_checkpoint, load_model_state, model_state_from_checkpoint
+
+    model, _, _ = build_model(args)
+    checkpoint = load_checkpoint(checkpoint_path, weights_only=not args.unsafe_load)
+    load_model_state(model, model_state_from_checkpoint(checkpoint, source=checkpoint_path), source=checkpoint_path)
+    return VideoPredictor(model, device=device, expressions_per_batch=expressions_per_batch, short_side=args.short_side)
