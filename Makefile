@@ -1,10 +1,10 @@
-# The two commands of the README: `make test` and (once the quick start lands) `make quickstart`.
+# The two commands of the README: `make quickstart` and `make test`.
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast clean
+.PHONY: venv quickstart test test-fast clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The CPU quick start: synthetic data, training, inference, J&F, curves and an overlay GIF (tools/quickstart.py).
+quickstart: $(STAMP)
+	$(VPY) tools/quickstart.py
 
 # All tests on the CPU (reads the golden data in ../shared/reference).
 test: $(STAMP)

@@ -1,4 +1,5 @@
-"""Train ReferFormer on Ref-YouTube-VOS or Ref-DAVIS17 (one process, or ``torchrun --nproc_per_node N``).
+"""Train ReferFormer on Ref-YouTube-VOS, Ref-DAVIS17 or the synthetic Ref-Shapes of the quick start
+(one process, or ``torchrun --nproc_per_node N``).
 
     python main.py --dataset_file ytvos --with_box_refine --binary --freeze_text_encoder \\
         --output_dir output/ytvos_r50 --pretrained_weights r50_pretrained.pth --epochs 6 --lr_drop 3 5
@@ -37,7 +38,7 @@ logger = logging.getLogger("main")
 EPOCH_LOG = "log.txt"
 ITERATION_LOG = "log_iter.txt"
 ARGS_FILE = "args.json"
-TRAINABLE_DATASETS = ("ytvos", "davis")
+TRAINABLE_DATASETS = ("ytvos", "davis", "ref_shapes")
 
 
 def resolve_device(name: str, dist_info: DistributedInfo) -> torch.device:

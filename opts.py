@@ -248,6 +248,9 @@ def validate_args(args: argparse.Namespace) -> None:
                       "(the GroupNorm groups of the input projections)")
     if args.dynamic_mask_channels < 1:
         errors.append(f"--dynamic_mask_channels must be at least 1, got {args.dynamic_mask_channels}")
+    if args.dec_layers == 1:
+        errors.append("--dec_layers must be at least 2: eval outputs report the reference points that entered the "
+                      "last decoder layer, which the first layer's do not")
     if args.controller_layers < MIN_CONTROLLER_LAYERS:
         errors.append(f"--controller_layers must be at least {MIN_CONTROLLER_LAYERS}, got {args.controller_layers}")
     for flag in ("num_frames", "num_queries", "dec_layers", "enc_n_points", "dec_n_points", "batch_size"):

@@ -7,17 +7,21 @@ shared by the video datasets lives once (``ref_video.py``, ``sampling.py``, ``tr
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from typing import Callable
 
 from torch.utils.data import Dataset
 
 from datasets import davis, ytvos
+from datasets.categories import REF_SHAPES_CATEGORIES
 
 # --dataset_file → builder(split, args). The image datasets, A2D/JHMDB and joint training have
 # their own readers (not part of this module yet).
 BUILDERS: dict[str, Callable[[str, argparse.Namespace], Dataset]] = {
     "ytvos": ytvos.build,
     "davis": davis.build,
+    # the synthetic quick-start dataset: Ref-YouTube-VOS layout, shapes as categories
+    "ref_shapes": partial(ytvos.build, categories=REF_SHAPES_CATEGORIES),
 }
 
 

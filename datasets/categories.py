@@ -1,5 +1,8 @@
 """Category tables of the video datasets (spec Appendix A); a label is the index in its table.
 
+:data:`VIDEO_CATEGORY_TABLES` maps a ``--dataset_file`` to its table; the class-head size K of a
+non-binary model is the table's length.
+
 With ``--binary`` every object gets class 0 in the loss, but the datasets still report the
 category index (as the original does), so the tables matter only for non-binary training.
 """
@@ -23,3 +26,12 @@ DAVIS_CATEGORIES: tuple[str, ...] = (
     "selfie stick", "sheep", "skateboard", "ski", "ski poles", "snake", "snowboard", "stick", "stroller", "surfboard",
     "swing", "tennis racket", "tractor", "trailer", "train", "truck", "turtle", "varanus", "violin", "wheelchair",
 )
+
+# The synthetic quick-start dataset (tools/data/make_ref_shapes.py): an object's category is its shape.
+REF_SHAPES_CATEGORIES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
+
+VIDEO_CATEGORY_TABLES: dict[str, tuple[str, ...]] = {
+    "ytvos": YTVOS_CATEGORIES,
+    "davis": DAVIS_CATEGORIES,
+    "ref_shapes": REF_SHAPES_CATEGORIES,
+}

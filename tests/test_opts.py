@@ -139,7 +139,7 @@ def test_negations_and_switches():
 
 
 @pytest.mark.parametrize(
-    "dataset_file", ["ytvos", "davis", "a2d", "jhmdb", "refcoco", "refcoco+", "refcocog", "all", "joint"]
+    "dataset_file", ["ytvos", "davis", "ref_shapes", "a2d", "jhmdb", "refcoco", "refcoco+", "refcocog", "all", "joint"]
 )
 def test_dataset_choices(dataset_file):
     assert parse("--dataset_file", dataset_file).dataset_file == dataset_file
@@ -188,6 +188,7 @@ def test_defaults_validate_silently(caplog):
         (["--dynamic_mask_channels", "0"], "--dynamic_mask_channels"),
         (["--controller_layers", "1"], "--controller_layers"),
         (["--num_queries", "0"], "--num_queries"),
+        (["--dec_layers", "1"], "--dec_layers must be at least 2"),
     ],
 )
 def test_validate_args_rejects(argv, message):
@@ -214,6 +215,8 @@ def test_no_effect_flags_warn(argv, caplog):
     [
         ([], 65),
         (["--dataset_file", "davis"], 78),
+        (["--dataset_file", "ref_shapes"], 5),
+        (["--dataset_file", "ref_shapes", "--binary"], 1),
         (["--dataset_file", "a2d"], 1),
         (["--dataset_file", "jhmdb"], 1),
         (["--dataset_file", "refcoco"], 91),

@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from datasets import build_dataset
+from datasets.categories import REF_SHAPES_CATEGORIES
 from datasets.meta import (
     frame_path,
     meta_expressions_path,
@@ -20,6 +22,7 @@ from datasets.meta import (
     read_meta_expressions,
 )
 from davis2017.evaluation import read_ground_truth, read_sequence_list
+from datasets.ref_video import BadSampleError
 from models.text_encoder import load_text_encoder, load_tokenizer, tokenize
 from tools.data.make_ref_shapes import (
     COLOUR_JITTER,
@@ -34,6 +37,7 @@ from tools.data.make_ref_shapes import (
 )
 from tools.data.make_ref_shapes import main as make_ref_shapes
 from tools.data.train_text_encoder import TEXT_HIDDEN_SIZE, make_text_encoder
+from opts import get_args_parser
 
 SIZE = dict(num_frames=4, height=64, width=64, expressions_per_object=2)
 SEED = 3
@@ -109,6 +113,25 @@ def test_layout_and_meta_files_agree(dataset):
     for video, entry in with_gt.items():
         assert [e.text for e in entry.expressions] == [e.text for e in plain[video].expressions]
         assert all(e.obj_id is not None for e in entry.expressions)
+
+
+def test_read_back_through_the_training_dataset(dataset):
+    args = get_args_parser().parse_args(["--dataset_file", "ref_shapes", "--ytvos_path", str(dataset), "--binary",
+                                         "--num_frames", "2", "--max_size", str(SIZE["width"])])
+    training = build_dataset("ref_shapes", "train", args)
+    objects = read_meta(dataset / "train" / "meta.json")
+    expressions = read_meta_expressions(meta_expressions_path(dataset, "train"))
+    # anchors every --num_frames frames of each expression
+    assert len(training) == sum(len(e.expressions) for e in expressions.values()) * SIZE["num_frames"] // 2
+    for index in range(len(training)):
+        clip, target = training[index]
+        assert clip.shape[:2] == (2, 3) and max(clip.shape[2:]) <= SIZE["width"]
+        obj_id = next(e.obj_id for e in expressions[target["video"]].expressions if e.exp_id == target["exp_id"])
+        category = objects[target["video"]][obj_id]["category"]
+        assert target["labels"].tolist() == [REF_SHAPES_CATEGORIES.index(category)] * 2
+    # the Ref-YouTube-VOS table has no shapes: that dataset refuses these categories
+    with pytest.raises(BadSampleError, match="not in the category table"):
+        build_dataset("ytvos", "train", args)
 
 
 def test_davis_ground_truth_is_the_referred_object(dataset):
