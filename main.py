@@ -67,8 +67,8 @@ def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | Non
 def main(args: argparse.Namespace) -> None:
     validate_args(args)
     if args.dataset_file not in TRAINABLE_DATASETS:
-        raise NotImplementedError(f"main.py trains {TRAINABLE_DATASETS}; --dataset_file {args.dataset_file} "
-                                  "is not supported yet")
+        raise ValueError(f"main.py trains {TRAINABLE_DATASETS}; --dataset_file {args.dataset_file} "
+                         "(A2D, JHMDB, RefCOCO, joint) cannot be trained by this version")
     dist_info = init_distributed_mode(args.device, args.dist_url)
     main_process = dist_info.rank == 0
     output_dir = Path(args.output_dir)

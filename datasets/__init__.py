@@ -28,5 +28,5 @@ BUILDERS: dict[str, Callable[[str, argparse.Namespace], Dataset]] = {
 def build_dataset(name: str, split: str, args: argparse.Namespace) -> Dataset:
     """The ``split`` of dataset ``name`` (a ``--dataset_file`` value) configured by ``args``."""
     if name not in BUILDERS:
-        raise NotImplementedError(f"--dataset_file {name} has no training reader yet; available: {sorted(BUILDERS)}")
+        raise ValueError(f"--dataset_file {name} has no training reader (A2D, JHMDB, RefCOCO and joint are not available); available: {sorted(BUILDERS)}")
     return BUILDERS[name](split, args)

@@ -17,7 +17,7 @@ def default_opts(backbone: str) -> dict:
     return {"backbone": backbone, "with_box_refine": True, "binary": True, "freeze_text_encoder": True, "device": "cpu"}
 
 
-@pytest.mark.parametrize("backbone", ["resnet50", "resnet101"])
+@pytest.mark.parametrize("backbone", sorted(path.stem for path in (REFERENCE_DIR / "keys").glob("[!_]*.json")))
 def test_state_dict_matches_reference_schema(backbone):
     expected = json.loads((REFERENCE_DIR / "keys" / f"{backbone}.json").read_text())
     case = {"kind": "keys", "opts": default_opts(backbone), "text_encoder_config": ROBERTA_BASE_CONFIG}
