@@ -14,7 +14,7 @@ from torch import nn
 
 from models.backbone import BACKBONES
 from models.swin_transformer import SWIN_VARIANTS, SwinTransformer, SwinVariant
-from models.video_swin_transformer import VIDEO_SWIN_VARIANTS, VideoSwinTransformer
+from models.video_swin_transformer import VideoSwinTransformer
 from tests.golden import REFERENCE_DIR, TOKENIZER_DIR, load_case
 from tests.models.test_referformer_parity import compare_intermediates, compare_outputs
 from tools.run_reference_case import build_args, run_case
