@@ -1,13 +1,22 @@
-"""Train ReferFormer on Ref-YouTube-VOS, Ref-DAVIS17 or the synthetic Ref-Shapes of the quick start
-(one process, or ``torchrun --nproc_per_node N``).
+"""Train and evaluate ReferFormer on every dataset (one process, or ``torchrun --nproc_per_node N``).
 
     python main.py --dataset_file ytvos --with_box_refine --binary --freeze_text_encoder \\
         --output_dir output/ytvos_r50 --pretrained_weights r50_pretrained.pth --epochs 6 --lr_drop 3 5
+    python main.py --dataset_file a2d --with_box_refine --freeze_text_encoder --batch_size 2 \\
+        --output_dir output/a2d_r50 --pretrained_weights r50_pretrained.pth --epochs 6 --lr_drop 3 5
+    python main.py --dataset_file jhmdb --with_box_refine --freeze_text_encoder --resume a2d_r50.pth --eval
+
+``--dataset_file``: ``ytvos``, ``davis``, ``ref_shapes`` (the quick start), ``a2d``, ``refcoco``,
+``refcoco+``, ``refcocog``, ``all`` (RefCOCO/+/g pretraining on their concatenation), ``joint``
+(RefCOCO/+/g as pseudo-videos with Ref-YouTube-VOS); ``jhmdb`` is evaluated only.
 
 The recipe: seed → build the model → parameter groups → data → resume → epochs → logs.
 Each epoch writes ``checkpoint.pth`` and ``checkpointNNNN.pth`` (``--save_every_iters`` also
 saves ``checkpoint.pth`` during an epoch) and appends a line to ``log.txt``; ``--resume auto``
-continues from the newest complete checkpoint of ``--output_dir``. See docs/training.md.
+continues from the newest complete checkpoint of ``--output_dir``. A2D and RefCOCO runs are
+evaluated after every epoch (``eval_epochNNNN.json``, and ``test_*`` keys in ``log.txt``);
+``--eval`` only evaluates the ``--resume`` weights (``eval.json``). See docs/training.md and
+docs/evaluation.md.
 """
 from __future__ import annotations
 
@@ -20,15 +29,15 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from datasets import build_dataset
-from datasets.loader import build_train_loader, set_loader_epoch
-from engine import train_one_epoch
+from datasets import build_dataset, build_evaluations
+from datasets.loader import build_eval_loader, build_train_loader, set_loader_epoch
+from engine import evaluate, train_one_epoch
 from models import build_model
-from opts import get_args_parser, validate_args
+from opts import EVALUATION_DATASETS, get_args_parser, validate_args
 from util.checkpoint import (LATEST_CHECKPOINT, epoch_checkpoint_name, find_latest_checkpoint, load_checkpoint,
-                             load_pretrained_weights, save_checkpoint)
+                             load_model_state, load_pretrained_weights, model_state_from_checkpoint, save_checkpoint)
 from util.dist import DistributedInfo, barrier, init_distributed_mode
-from util.logger import MetricLogger, append_json_line, setup_logging
+from util.logger import MetricLogger, append_json_line, format_metrics, setup_logging
 from util.optim import build_optimizer
 from util.random_state import seed_everything
 from util.resume import TrainingProgress, restore_training_state, training_checkpoint
@@ -38,7 +47,9 @@ logger = logging.getLogger("main")
 EPOCH_LOG = "log.txt"
 ITERATION_LOG = "log_iter.txt"
 ARGS_FILE = "args.json"
-TRAINABLE_DATASETS = ("ytvos", "davis", "ref_shapes")
+EVAL_FILE = "eval.json"
+# jhmdb has no training set: the A2D model is evaluated on it (spec 5).
+EVALUATION_ONLY_DATASETS = ("jhmdb",)
 
 
 def resolve_device(name: str, dist_info: DistributedInfo) -> torch.device:
@@ -64,11 +75,52 @@ def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | Non
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
-def main(args: argparse.Namespace) -> None:
+def run_evaluations(model: torch.nn.Module, args: argparse.Namespace, device: torch.device,
+                    dist_info: DistributedInfo) -> dict[str, float]:
+    """Evaluate ``model`` on the validation data of ``--dataset_file`` (each RefCOCO dataset of ``all``
+    separately); the metrics of all of them in one dict, logged as a table."""
+    results: dict[str, float] = {}
+    for name, (dataset, evaluator) in build_evaluations(args.dataset_file, args).items():
+        loader = build_eval_loader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+                                   rank=dist_info.rank, world_size=dist_info.world_size,
+                                   pin_memory=device.type == "cuda")
+        logger.info("evaluating on %s: %d samples", name, len(dataset))
+        metrics = evaluate(model, loader, evaluator, device)
+        logger.info("%s results:\n%s", name, format_metrics(metrics))
+        results.update(metrics)
+    return results
+
+
+def write_results(path: Path, results: dict[str, float]) -> None:
+    """The evaluation results as a JSON object (rank 0 only)."""
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    logger.info("wrote %s", path)
+
+
+def evaluate_only(model: torch.nn.Module, args: argparse.Namespace, device: torch.device,
+                  dist_info: DistributedInfo, output_dir: Path) -> dict[str, float]:
+    """``--eval``: load the ``--resume`` weights (strictly) and evaluate them."""
+    checkpoint_path = find_latest_checkpoint(output_dir) if args.resume == "auto" else args.resume
+    if not checkpoint_path:
+        raise ValueError("--eval needs the weights to evaluate: --resume PATH (or 'auto' with a checkpoint in "
+                         f"{output_dir})")
+    checkpoint = load_checkpoint(checkpoint_path, weights_only=not args.unsafe_load)
+    load_model_state(model, model_state_from_checkpoint(checkpoint, source=str(checkpoint_path)),
+                     source=str(checkpoint_path))
+    del checkpoint
+    logger.info("evaluating the weights of %s", checkpoint_path)
+    results = run_evaluations(model.to(device), args, device, dist_info)
+    if dist_info.rank == 0:
+        write_results(output_dir / EVAL_FILE, results)
+    return results
+
+
+def main(args: argparse.Namespace) -> dict[str, float] | None:
+    """Train (returns None) or, with ``--eval``, evaluate (returns the metrics)."""
     validate_args(args)
-    if args.dataset_file not in TRAINABLE_DATASETS:
-        raise ValueError(f"main.py trains {TRAINABLE_DATASETS}; --dataset_file {args.dataset_file} "
-                         "(A2D, JHMDB, RefCOCO, joint) cannot be trained by this version")
+    if args.dataset_file in EVALUATION_ONLY_DATASETS and not args.eval:
+        raise ValueError(f"--dataset_file {args.dataset_file} has no training set; evaluate an A2D model on it "
+                         "with --eval --resume A2D_CHECKPOINT")
     dist_info = init_distributed_mode(args.device, args.dist_url)
     main_process = dist_info.rank == 0
     output_dir = Path(args.output_dir)
@@ -81,6 +133,11 @@ def main(args: argparse.Namespace) -> None:
 
     # model, loss and optimizer
     model, criterion, _ = build_model(args)
+    if args.eval:
+        results = evaluate_only(model, args, device, dist_info, output_dir)
+        if dist_info.distributed:
+            torch.distributed.destroy_process_group()
+        return results
     if args.pretrained_weights:
         load_pretrained_weights(model, args.pretrained_weights, weights_only=not args.unsafe_load)
         logger.info("loaded pretrained weights (without the class head) from %s", args.pretrained_weights)
@@ -152,12 +209,19 @@ def main(args: argparse.Namespace) -> None:
         )
         lr_scheduler.step()
         save(epoch, None)
+        test_stats = {}
+        if args.dataset_file in EVALUATION_DATASETS:
+            test_stats = run_evaluations(model_without_ddp, args, device, dist_info)
+            if main_process:
+                write_results(output_dir / f"eval_epoch{epoch:04}.json", test_stats)
         if main_process:
             append_json_line(output_dir / EPOCH_LOG, {**{f"train_{k}": v for k, v in train_stats.items()},
+                                                      **{f"test_{k}": v for k, v in test_stats.items()},
                                                       "epoch": epoch, "n_parameters": n_parameters})
     logger.info("training finished")
     if dist_info.distributed:
         torch.distributed.destroy_process_group()
+    return None
 
 
 if __name__ == "__main__":

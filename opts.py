@@ -29,6 +29,8 @@ COCO_NUM_CLASSES = 91
 # --binary and A2D/JHMDB: one "referred object" class.
 BINARY_NUM_CLASSES = 1
 SINGLE_CLASS_DATASETS = ("a2d", "jhmdb")
+# Datasets main.py evaluates (--eval, and after every training epoch except for jhmdb, which has no training set).
+EVALUATION_DATASETS = ("a2d", "jhmdb", "refcoco", "refcoco+", "refcocog", "all")
 
 # The transformer sees backbone strides 8, 16, 32 plus a stride-64 level built from res5, and the
 # pixel decoder reads the encoder memory of exactly the first three: any other count breaks the
@@ -185,6 +187,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 CAPTION_FLIP_MODES = ("whole_word", "original")
+# --photometric_distort: the original (uint8 wrap-around), clipped to [0, 255], or no photometric distortion.
+PHOTOMETRIC_MODES = ("original", "clipped", "off")
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -204,9 +208,10 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--caption_flip", default="whole_word", choices=CAPTION_FLIP_MODES,
                           help="horizontal flip of a clip swaps left/right in its caption: as whole words (default), "
                                "or as the original's substring replacement ('bright' -> 'bleft')")
-    training.add_argument("--photometric_clip", action="store_true",
-                          help="clip photometric distortion results to [0, 255] instead of the original's uint8 "
-                               "wrap-around")
+    training.add_argument("--photometric_distort", default="original", choices=PHOTOMETRIC_MODES,
+                          help="per-frame photometric distortion of training clips: the original's (its uint8 cast "
+                               "wraps out-of-range values around), 'clipped' to [0, 255], or 'off' (for data whose "
+                               "expressions name colours the distortion's channel swaps and hue shifts would change)")
     training.add_argument("--amp", action="store_true",
                           help="mixed precision on CUDA (bfloat16 where supported, else float16 with loss scaling); "
                                "ignored with a warning on the CPU")
@@ -258,6 +263,12 @@ def validate_args(args: argparse.Namespace) -> None:
             errors.append(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.short_side is not None and args.short_side < 1:
         errors.append(f"--short_side must be at least 1, got {args.short_side}")
+    if args.eval and args.dataset_file not in EVALUATION_DATASETS:
+        errors.append(f"--eval evaluates {', '.join(EVALUATION_DATASETS)}; --dataset_file {args.dataset_file} is "
+                      "evaluated by inference_ytvos.py / inference_davis.py")
+    if args.dataset_file == "joint" and not args.binary:
+        errors.append("--dataset_file joint needs --binary: RefCOCO and Ref-YouTube-VOS categories are different "
+                      "tables, so joint training has one 'referred object' class (as the original)")
     errors += training_arg_errors(args)
     if errors:
         raise ValueError("invalid options:\n  " + "\n  ".join(errors))

@@ -12,21 +12,54 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 
-from datasets import davis, ytvos
+from datasets import a2d, davis, jhmdb, joint, refexp, ytvos
 from datasets.categories import REF_SHAPES_CATEGORIES
+from datasets.ref_eval import A2DEvaluator, RefExpEvaluator
 
-# --dataset_file → builder(split, args). The image datasets, A2D/JHMDB and joint training have
-# their own readers (not part of this module yet).
+# --dataset_file → builder(split, args).
 BUILDERS: dict[str, Callable[[str, argparse.Namespace], Dataset]] = {
     "ytvos": ytvos.build,
     "davis": davis.build,
     # the synthetic quick-start dataset: Ref-YouTube-VOS layout, shapes as categories
     "ref_shapes": partial(ytvos.build, categories=REF_SHAPES_CATEGORIES),
+    "a2d": a2d.build,
+    "jhmdb": jhmdb.build,  # evaluation only; its "train" split reads the same samples
+    "refcoco": partial(refexp.build, name="refcoco"),
+    "refcoco+": partial(refexp.build, name="refcoco+"),
+    "refcocog": partial(refexp.build, name="refcocog"),
+    # pretraining on the three; its evaluation split is {name: dataset}, each evaluated on its own
+    "all": refexp.build_all,
+    "joint": joint.build,
 }
 
 
 def build_dataset(name: str, split: str, args: argparse.Namespace) -> Dataset:
     """The ``split`` of dataset ``name`` (a ``--dataset_file`` value) configured by ``args``."""
     if name not in BUILDERS:
-        raise ValueError(f"--dataset_file {name} has no training reader (A2D, JHMDB, RefCOCO and joint are not available); available: {sorted(BUILDERS)}")
+        raise ValueError(f"--dataset_file {name} has no reader; available: {sorted(BUILDERS)}")
     return BUILDERS[name](split, args)
+
+
+def build_evaluations(name: str, args: argparse.Namespace) -> dict[str, tuple[Dataset, object]]:
+    """The validation data of ``--dataset_file name`` and their evaluators, by dataset name.
+
+    A2D-Sentences (its test split) and JHMDB-Sentences: mAP, precision@k, overall and mean IoU
+    against the COCO-format ground truth; RefCOCO/+/g: REC and RIS metrics on each val split
+    (``all`` evaluates the three). The evaluators follow ``engine.Evaluator``.
+    """
+    if name == "a2d":
+        return {"a2d": (a2d.build("val", args), A2DEvaluator(a2d.coco_gt_path(args.a2d_path)))}
+    if name == "jhmdb":
+        return {"jhmdb": (jhmdb.build("val", args), A2DEvaluator(jhmdb.coco_gt_path(args.jhmdb_path)))}
+    if name in ("all", *refexp.NAMES):
+        names = refexp.NAMES if name == "all" else (name,)
+        return {
+            dataset_name: (
+                refexp.build("val", args, dataset_name),
+                RefExpEvaluator(refexp.instances_path(args.coco_path, dataset_name, "val"), prefix=dataset_name,
+                                threshold=args.threshold),
+            )
+            for dataset_name in names
+        }
+    raise ValueError(f"--dataset_file {name} is not evaluated by main.py (inference_ytvos.py and inference_davis.py "
+                     "evaluate the video datasets)")

@@ -22,6 +22,6 @@ def build(split: str, args: argparse.Namespace) -> ReferringVideoDataset:
     return ReferringVideoDataset(
         args.davis_path, split, categories=DAVIS_CATEGORIES, num_frames=args.num_frames,
         transforms=make_clip_transforms(split, max_size=args.max_size, caption_flip=args.caption_flip,
-                                        photometric_clip=args.photometric_clip),
+                                        photometric=args.photometric_distort),
         seed=args.seed, always_local_sampling=True, skip_bad_samples=args.skip_bad_samples,
     )

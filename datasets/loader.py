@@ -1,4 +1,5 @@
-"""Batching training clips: a resumable (distributed) sampler, the collate function, worker seeding.
+"""Batching clips: a resumable (distributed) training sampler, the evaluation sampler, the collate
+function, worker seeding.
 
 The order of samples is a function of ``(seed, epoch)`` only, and every sample's randomness is a
 function of ``(seed, epoch, index)`` (:mod:`datasets.sampling`), so the batches of iteration
@@ -109,3 +110,32 @@ def set_loader_epoch(loader: DataLoader, epoch: int, start_iteration: int = 0) -
         loader.dataset.set_epoch(epoch)
     # worker seeds depend on (seed, rank, epoch) only, not on how many iterators were created before
     loader.generator.manual_seed(int(np.random.SeedSequence([sampler.seed, sampler.rank, epoch]).generate_state(1)[0]))
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``num_replicas``-th index from ``rank``, in order: each sample is evaluated by exactly one
+    process (the original's padded distributed sampler repeated some, duplicating their predictions)."""
+
+    def __init__(self, dataset_size: int, *, num_replicas: int = 1, rank: int = 0):
+        self.indices = range(rank, dataset_size, num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def build_eval_loader(dataset: Dataset, *, batch_size: int, num_workers: int, rank: int = 0, world_size: int = 1,
+                      pin_memory: bool = False) -> DataLoader:
+    """Loader over this rank's share of an evaluation ``dataset``, in order, the last batch possibly short;
+    clips are padded to multiples of 32 as in training (the original's evaluation loaders)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=ShardSampler(len(dataset), num_replicas=world_size, rank=rank),
+        collate_fn=collate_clips,
+        num_workers=num_workers,
+        worker_init_fn=seed_worker,
+        pin_memory=pin_memory,
+    )

@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from datasets.sampling import SampleRandom
-from opts import CAPTION_FLIP_MODES
+from opts import CAPTION_FLIP_MODES, PHOTOMETRIC_MODES
 from util.box_ops import box_xyxy_to_cxcywh
 
 Frames = list[Image.Image]
@@ -113,7 +113,7 @@ class PhotometricDistort:
     The float32 RGB array is handed to OpenCV as if it were BGR (as the original does). The
     original casts the result to uint8 without clipping, so out-of-range values wrap around
     modulo 256 (made explicit here, independent of the platform's float→int conversion);
-    ``clip_values=True`` clips to [0, 255] instead (``--photometric_clip``).
+    ``clip_values=True`` clips to [0, 255] instead (``--photometric_distort clipped``).
     """
 
     BRIGHTNESS_DELTA = 32.0
@@ -254,12 +254,18 @@ class Normalize:
 
 
 def make_clip_transforms(split: str, *, max_size: int, caption_flip: str = "whole_word",
-                         photometric_clip: bool = False) -> Compose:
-    """Training (``split == "train"``) or evaluation clip transforms of spec 4.7."""
+                         photometric: str = "original") -> Compose:
+    """Training (``split == "train"``) or evaluation clip transforms of spec 4.7.
+
+    ``photometric`` (``--photometric_distort``): ``"original"``, ``"clipped"`` (to [0, 255]) or ``"off"``.
+    """
+    if photometric not in PHOTOMETRIC_MODES:
+        raise ValueError(f"unknown photometric distortion mode {photometric!r}; choose one of {PHOTOMETRIC_MODES}")
     if split == "train":
+        distortion = [PhotometricDistort(clip_values=photometric == "clipped")] if photometric != "off" else []
         return Compose([
             RandomHorizontalFlip(caption_flip=caption_flip),
-            PhotometricDistort(clip_values=photometric_clip),
+            *distortion,
             RandomSelect(
                 Compose([RandomResize(TRAIN_SCALES, max_size=max_size), Check()]),
                 Compose([

@@ -25,6 +25,6 @@ def build(
     return ReferringVideoDataset(
         args.ytvos_path, split, categories=categories, num_frames=args.num_frames,
         transforms=make_clip_transforms(split, max_size=args.max_size, caption_flip=args.caption_flip,
-                                        photometric_clip=args.photometric_clip),
+                                        photometric=args.photometric_distort),
         seed=args.seed, skip_bad_samples=args.skip_bad_samples,
     )

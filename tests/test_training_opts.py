@@ -13,7 +13,7 @@ def parse(*argv):
 def test_defaults():
     args = parse()
     assert (args.accum_iter, args.save_every_iters, args.print_freq) == (1, 0, 10)
-    assert args.caption_flip == "whole_word" and not args.skip_bad_samples and not args.photometric_clip
+    assert args.caption_flip == "whole_word" and not args.skip_bad_samples and args.photometric_distort == "original"
     assert not args.amp and args.resume == ""
     validate_args(args)
 

@@ -47,6 +47,14 @@ def append_json_line(path: str | Path, record: Mapping[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """Metrics as a two-column text table (name, value with 4 decimals), in the given order."""
+    if not metrics:
+        return "(no metrics)"
+    width = max(len(name) for name in metrics)
+    return "\n".join(f"{name:<{width}}  {value:.4f}" for name, value in metrics.items())
+
+
 class SmoothedValue:
     """A scalar series: the last :data:`METER_WINDOW` values and the running total of all of them."""
 

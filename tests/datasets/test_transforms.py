@@ -128,3 +128,14 @@ def test_clip_frame_sampling(anchor, n, t):
         assert len(indices) == t and indices == sorted(indices) and all(0 <= i < n for i in indices)
         assert anchor in indices or t > 1 and min(indices) <= anchor
     assert sample_clip_frames(2, 4, 1, sample_random(0, 0, 0).python) == [2]
+
+
+@pytest.mark.parametrize("mode, distorts", [("original", True), ("clipped", True), ("off", False)])
+def test_photometric_distort_mode(mode, distorts):
+    transforms = make_clip_transforms("train", max_size=640, photometric=mode)
+    kinds = [type(t) for t in transforms.transforms]
+    assert (PhotometricDistort in kinds) == distorts
+    if distorts:
+        assert next(t for t in transforms.transforms if isinstance(t, PhotometricDistort)).clip_values == (mode == "clipped")
+    with pytest.raises(ValueError, match="photometric"):
+        make_clip_transforms("train", max_size=640, photometric="none")
