@@ -50,7 +50,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from datasets.meta import DatasetFormatError, load_json
-from datasets.ref_video import MAX_SAMPLE_ATTEMPTS, BadSampleError, normalize_caption
+from datasets.ref_video import BadSampleError, draw_training_sample, normalize_caption
 from datasets.sampling import SampleRandom, sample_clip_frames, sample_random
 from datasets.transforms import Compose, make_clip_transforms
 from util.box_ops import masks_to_boxes
@@ -290,24 +290,8 @@ class A2DSentencesDataset(Dataset):
             clip, target = self.load_clip(self.samples[index], rng)
             target["skipped"] = []
             return clip, target
-        skipped: list[str] = []
-        current = index
-        for _ in range(MAX_SAMPLE_ATTEMPTS):
-            try:
-                clip, target = self.load_clip(self.samples[current], rng)
-            except BadSampleError as error:
-                if not self.skip_bad_samples:
-                    raise
-                skipped.append(str(error))
-            else:
-                if bool(target["valid"].any()):
-                    target["skipped"] = skipped
-                    return clip, target
-            current = rng.python.randint(0, len(self) - 1)
-        raise BadSampleError(
-            f"sample {index} of {self.root}: no clip with the referred object visible after {MAX_SAMPLE_ATTEMPTS} "
-            f"draws; skipped bad samples: {skipped or 'none'}"
-        )
+        return draw_training_sample(index, len(self), lambda i, rng: self.load_clip(self.samples[i], rng), rng,
+                                    skip_bad_samples=self.skip_bad_samples, source=self.root)
 
     def load_clip(self, sample: A2DSample, rng: SampleRandom) -> tuple[Tensor, dict]:
         """Read and transform the clip of ``sample`` (raises :class:`BadSampleError` naming the sample and file)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +58,39 @@ class ClipSample:
 def normalize_caption(text: str) -> str:
     """Lower case, single spaces (spec 4: datasets do this; inference passes raw text)."""
     return " ".join(text.lower().split())
+
+
+def draw_training_sample(index: int, num_samples: int, load: Callable[[int, SampleRandom], tuple[Tensor, dict]],
+                         rng: SampleRandom, *, skip_bad_samples: bool, source: str | Path,
+                         require_visible: bool = True) -> tuple[Tensor, dict]:
+    """Training sample ``index``, or a replacement drawn with ``rng`` when it cannot be used.
+
+    ``load(i, rng)`` reads and transforms sample ``i``. A sample is replaced by a random other one
+    when its referred object is visible in no frame after the transforms (with ``require_visible``)
+    or, with ``skip_bad_samples``, when loading raises :class:`BadSampleError` (described in the
+    returned target's ``skipped`` list); without it the error propagates.
+
+    Raises:
+        BadSampleError: no usable sample in :data:`MAX_SAMPLE_ATTEMPTS` draws (naming ``source``).
+    """
+    skipped: list[str] = []
+    current = index
+    for _ in range(MAX_SAMPLE_ATTEMPTS):
+        try:
+            clip, target = load(current, rng)
+        except BadSampleError as error:
+            if not skip_bad_samples:
+                raise
+            skipped.append(str(error))
+        else:
+            if not require_visible or bool(target["valid"].any()):
+                target["skipped"] = skipped
+                return clip, target
+        current = rng.python.randint(0, num_samples - 1)
+    raise BadSampleError(
+        f"sample {index} of {source}: no sample with the referred object visible after {MAX_SAMPLE_ATTEMPTS} "
+        f"draws; skipped bad samples: {skipped or 'none'}"
+    )
 
 
 class ReferringVideoDataset(Dataset):
@@ -148,25 +181,9 @@ class ReferringVideoDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
-        rng = sample_random(self.seed, self.epoch, index)
-        skipped: list[str] = []
-        current = index
-        for _ in range(MAX_SAMPLE_ATTEMPTS):
-            try:
-                clip, target = self.load_clip(self.samples[current], rng)
-            except BadSampleError as error:
-                if not self.skip_bad_samples:
-                    raise
-                skipped.append(str(error))
-            else:
-                if bool(target["valid"].any()):
-                    target["skipped"] = skipped
-                    return clip, target
-            current = rng.python.randint(0, len(self) - 1)
-        raise BadSampleError(
-            f"sample {index} of {self.root}: no clip with the referred object visible after {MAX_SAMPLE_ATTEMPTS} "
-            f"draws; skipped bad samples: {skipped or 'none'}"
-        )
+        return draw_training_sample(index, len(self), lambda i, rng: self.load_clip(self.samples[i], rng),
+                                    sample_random(self.seed, self.epoch, index),
+                                    skip_bad_samples=self.skip_bad_samples, source=self.root)
 
     def load_clip(self, sample: ClipSample, rng: SampleRandom) -> tuple[Tensor, dict]:
         """Draw the clip of ``sample``, read it and transform it (raises :class:`BadSampleError`)."""

@@ -37,7 +37,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from datasets.image_transforms import make_image_transforms
 from datasets.meta import DatasetFormatError, load_json, read_frame
-from datasets.ref_video import MAX_SAMPLE_ATTEMPTS, BadSampleError, normalize_caption
+from datasets.ref_video import BadSampleError, draw_training_sample, normalize_caption
 from datasets.sampling import SampleRandom, sample_random
 from datasets.transforms import Compose
 
@@ -219,22 +219,9 @@ class ReferringImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
         rng = sample_random(self.seed, self.epoch, index)
-        skipped: list[str] = []
-        current = index
-        for _ in range(MAX_SAMPLE_ATTEMPTS):
-            try:
-                clip, target = self.load_sample(self.samples[current], rng)
-            except BadSampleError as error:
-                if not self.skip_bad_samples:
-                    raise
-                skipped.append(str(error))
-            else:
-                if not self.replace_invisible or bool(target["valid"].any()):
-                    target["skipped"] = skipped
-                    return clip, target
-            current = rng.python.randint(0, len(self) - 1)
-        raise BadSampleError(f"sample {index} of {self.path}: no sample with the referred object visible after "
-                             f"{MAX_SAMPLE_ATTEMPTS} draws; skipped bad samples: {skipped or 'none'}")
+        return draw_training_sample(index, len(self), lambda i, rng: self.load_sample(self.samples[i], rng), rng,
+                                    skip_bad_samples=self.skip_bad_samples, source=self.path,
+                                    require_visible=self.replace_invisible)
 
     def label(self, sample: ReferredObject) -> int:
         """The class index of ``sample``'s object: its COCO category id, or 0 with ``binary``."""

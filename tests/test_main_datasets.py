@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from opts import get_args_parser
 from tests.datasets.synthetic import write_dataset
 from tests.datasets.synthetic_a2d import write_a2d, write_jhmdb
 from tests.datasets.synthetic_refexp import write_coco
-from tests.test_main import text_encoder_dir  # noqa: F401  (fixture)
+from tests.test_main import ROOT, text_encoder_dir  # noqa: F401  (fixture)
 from tools.data.prepare_a2d_jhmdb import prepare_a2d, prepare_jhmdb
 
 TINY_MODEL = [
@@ -110,3 +113,23 @@ def test_eval_needs_weights_and_an_evaluated_dataset(tmp_path, text_encoder_dir)
         run(tmp_path, text_encoder_dir, "--dataset_file", "jhmdb")
     with pytest.raises(ValueError, match="joint needs --binary"):
         run(tmp_path, text_encoder_dir, "--dataset_file", "joint")
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_matches_one_process(tmp_path, coco_root, text_encoder_dir):
+    """3 val images per dataset on 2 processes: rank 0 evaluates 2, rank 1 one; gathered, nothing counts twice."""
+    trained = tmp_path / "trained"
+    run(trained, text_encoder_dir, "--dataset_file", "refcoco", "--binary", "--num_frames", "1", "--max_size", "64",
+        "--coco_path", str(coco_root), "--epochs", "1")
+    evaluation = ["--dataset_file", "refcoco", "--binary", "--num_frames", "1", "--coco_path", str(coco_root),
+                  "--eval", "--resume", str(trained / "checkpoint.pth")]
+    one = run(tmp_path / "one", text_encoder_dir, *evaluation)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [*torchrun, "main.py", *TINY_MODEL, "--text_encoder", str(text_encoder_dir), *evaluation,
+               "--output_dir", str(tmp_path / "two")]
+    process = subprocess.run(command, cwd=ROOT,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stdout + process.stderr
+    two = json.loads((tmp_path / "two" / main_module.EVAL_FILE).read_text())
+    assert two.keys() == one.keys()
+    assert all(abs(two[k] - one[k]) < 1e-6 for k in one), (one, two)

@@ -12,7 +12,6 @@ clip lengths, sizes, batch sizes, captions or options.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 import zlib

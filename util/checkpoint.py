@@ -26,7 +26,6 @@ import math
 import os
 import pickle
 import re
-import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from util.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -276,39 +277,10 @@ def _first_keys(keys: list[str]) -> str:
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` that never leaves a partial file at ``path``.
-
-    Writes a temporary file in the same directory, flushes and fsyncs it, then renames it over
-    ``path`` (atomic on POSIX and Windows). If serialisation fails, ``path`` keeps its previous
-    content and the temporary file is removed. Parent directories are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temporary, "xb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable; directories cannot be opened this way on Windows."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+    """``torch.save`` that never leaves a partial file at ``path`` (:func:`util.io.atomic_write`): if
+    serialisation fails, ``path`` keeps its previous content. Parent directories are created."""
+    with atomic_write(path, binary=True) as file:
+        torch.save(obj, file)
 
 
 # ----------------------------------------------------------------------------- training checkpoints

@@ -25,13 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import pickle
-import uuid
+import sys
 from pathlib import Path
 from typing import Any
 
-from datasets.refexp import NAMES, SPLIT_BY, SPLITS, instances_path
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from datasets.refexp import NAMES, SPLIT_BY, SPLITS, instances_path  # noqa: E402
+from util.io import write_json_atomic  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -129,20 +133,6 @@ def convert_split(name: str, split: str, refs: list[dict], images: dict[Any, dic
                 "original_id": annotation["id"],
             })
     return {"images": out_images, "annotations": out_annotations, "categories": categories}
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to a temporary file next to ``path`` and rename it into place."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with temporary.open("x", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def convert(coco_path: str | Path, names: tuple[str, ...] = NAMES) -> list[Path]:

@@ -43,14 +43,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import os
 import random
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -62,6 +60,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from datasets import a2d, jhmdb  # noqa: E402
 from datasets.meta import DatasetFormatError  # noqa: E402
+from util.io import write_json_atomic  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -83,20 +82,6 @@ COCO_CATEGORY = {"id": 1, "name": "object"}
 
 
 # ----------------------------------------------------------------------------- shared
-def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write ``data`` as JSON to ``path`` via a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {what}")
