@@ -97,7 +97,7 @@ QUICKSTART = Recipe(
 SMOKE = Recipe(
     data=("--seed", "0", "--num_train_videos", "3", "--num_valid_videos", "2", "--frames", "4",
           "--height", "64", "--width", "64", "--expressions_per_object", "1"),
-    text_encoder=("--seed", "0", "--intermediate_size", "64"),
+    text_encoder=("--seed", "0", "--intermediate_size", "64", "--pretrain_steps", "5"),
     model=("--dataset_file", "ref_shapes", "--binary", "--with_box_refine", "--freeze_text_encoder",
            "--backbone", "resnet18", "--hidden_dim", "32", "--dim_feedforward", "32", "--enc_layers", "1",
            "--dec_layers", "2", "--num_queries", "2", "--mask_dim", "32", "--device", "cpu"),

@@ -225,7 +225,8 @@ def test_look_alike_twins_are_told_apart_by_motion_only():
 
 
 def test_text_encoder_loads_offline_and_knows_every_word(dataset, tmp_path):
-    directory = make_text_encoder(dataset, tmp_path / "text_encoder", num_layers=1, intermediate_size=64)
+    directory = make_text_encoder(dataset, tmp_path / "text_encoder", num_layers=1, intermediate_size=64,
+                                  pretrain_steps=3)
     tokenizer = load_tokenizer(str(directory))
     encoder = load_text_encoder(str(directory))
     assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1, 2)
@@ -240,5 +241,22 @@ def test_text_encoder_loads_offline_and_knows_every_word(dataset, tmp_path):
         encoded = encoder(**tokens)
     assert encoded.last_hidden_state.shape == (*tokens["input_ids"].shape, TEXT_HIDDEN_SIZE)
     assert encoded.pooler_output.shape == (len(texts), TEXT_HIDDEN_SIZE)
-    again = make_text_encoder(dataset, tmp_path / "again", num_layers=1, intermediate_size=64)
+    again = make_text_encoder(dataset, tmp_path / "again", num_layers=1, intermediate_size=64, pretrain_steps=3)
     assert _digest(again) == _digest(directory)
+
+
+def _mean_pooled_cosine(directory, texts) -> float:
+    tokenizer, encoder = load_tokenizer(str(directory)), load_text_encoder(str(directory))
+    tokens = tokenize(tokenizer, sorted(set(texts)), encoder.config.max_position_embeddings, torch.device("cpu"))
+    with torch.no_grad():
+        pooled = torch.nn.functional.normalize(encoder(**tokens).pooler_output, dim=-1)
+    return float((pooled @ pooled.T).mean())
+
+
+def test_pretraining_makes_sentence_features_tell_expressions_apart(dataset, tmp_path):
+    texts = [e.text for split in NUM_VIDEOS for v in read_meta_expressions(meta_expressions_path(dataset, split))
+             .values() for e in v.expressions]
+    random = make_text_encoder(dataset, tmp_path / "random", num_layers=1, intermediate_size=64, pretrain_steps=0)
+    trained = make_text_encoder(dataset, tmp_path / "trained", num_layers=1, intermediate_size=64, pretrain_steps=40)
+    assert _mean_pooled_cosine(random, texts) > 0.95
+    assert _mean_pooled_cosine(trained, texts) < 0.8

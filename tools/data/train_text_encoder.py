@@ -3,7 +3,7 @@
 The CPU quick start cannot download roberta-base, and does not need its 125 M parameters for a
 vocabulary of a few dozen words. This tool trains a RoBERTa-style byte-level BPE tokenizer (the
 ``tokenizers`` library) on every expression of a dataset in the Ref-YouTube-VOS layout, builds a
-randomly initialised ``RobertaModel`` (with pooler) whose hidden size is the 768 that ReferFormer's
+small ``RobertaModel`` (with pooler) whose hidden size is the 768 that ReferFormer's
 text resizer expects, and saves both with ``save_pretrained`` into one directory, so that
 
     --text_encoder <output>
@@ -15,13 +15,16 @@ The tokenizer uses RoBERTa's special tokens and ids (``<s>`` 0, ``<pad>`` 1, ``<
 ``<mask>`` 4) and RoBERTa's post-processing (``<s> … </s>``). Being byte-level it has no unknown
 input: a word it has not seen is split into known pieces, down to single bytes.
 
-The encoder is left at its random initialisation (seeded), without masked-LM pre-training: a
-least-squares linear probe on the frozen random encoder's pooled sentence feature (and on its mean
-word feature) already recovers every attribute word — colour, shape, size, side, motion — of
-held-out Ref-Shapes expressions with 100 % accuracy, so pre-training on the dataset's templated
-sentences has nothing measurable to add; the quick start may train the encoder with the rest of
-the model or freeze it. Its dropout is 0, so that, frozen, it gives the same features in training
-and evaluation.
+The encoder is then trained briefly on the distinct expressions (:func:`pretrain_text_encoder`:
+masked language modelling plus a contrastive objective on the pooled sentence feature, two masked
+views of an expression against the others of the batch). Untrained, a random encoder's word
+features already tell the words apart, but its sentence feature (the pooler output, which
+ReferFormer uses as the content of every object query) hardly depends on the words: the pooled features of the
+Ref-Shapes expressions have a mean cosine similarity of 0.997, and a ReferFormer trained on them for
+the quick start's epoch picks the referred object at chance level. After the default 150 steps
+(about a minute on 2 cores) the mean cosine similarity is about 0.2. ``--pretrain_steps 0`` keeps the
+random initialisation. Dropout is 0, so that, frozen, the encoder gives the same features in
+training and evaluation.
 
     python tools/data/train_text_encoder.py --data_root data/ref-shapes --output data/ref-shapes/text_encoder
 """
@@ -34,6 +37,8 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from tokenizers import ByteLevelBPETokenizer
 from transformers import PreTrainedTokenizerBase, RobertaConfig, RobertaModel, RobertaTokenizer
 
@@ -61,6 +66,13 @@ MAX_POSITIONS = 514
 """roberta-base's: 512 tokens plus the ``padding_idx + 1`` positions RoBERTa skips."""
 LAYER_NORM_EPS = 1e-5
 DROPOUT = 0.0
+DEFAULT_PRETRAIN_STEPS = 150
+PRETRAIN_BATCH_SIZE = 64
+PRETRAIN_LR = 1e-4
+MASK_PROBABILITY = 0.15
+"""BERT's share of masked word tokens."""
+CONTRAST_TEMPERATURE = 0.05
+"""SimCSE's temperature for the cosine similarities of sentence features."""
 
 
 def collect_expressions(data_root: str | Path) -> list[str]:
@@ -115,6 +127,54 @@ def build_text_encoder(vocab_size: int, *, seed: int, num_layers: int = DEFAULT_
         return RobertaModel(config, add_pooling_layer=True)
 
 
+def pretrain_text_encoder(model: RobertaModel, tokenizer: PreTrainedTokenizerBase, expressions: list[str], *,
+                          steps: int = DEFAULT_PRETRAIN_STEPS, batch_size: int = PRETRAIN_BATCH_SIZE,
+                          lr: float = PRETRAIN_LR, seed: int = 0) -> list[float]:
+    """Train ``model`` in place on the distinct ``expressions``; returns the loss of every step.
+
+    Two self-supervised objectives, summed, on two randomly masked views of each expression of a
+    batch (:data:`MASK_PROBABILITY` of the word tokens replaced by ``<mask>``):
+
+    * masked language modelling: the masked tokens are predicted from their output features (a
+      linear head over the vocabulary);
+    * contrastive sentence features: the pooler outputs of the two views of an expression must be
+      more alike than those of different expressions (cross-entropy over the batch's cosine
+      similarities divided by :data:`CONTRAST_TEMPERATURE`).
+
+    The second is what the quick start needs: in a randomly initialised encoder the pooler output
+    (``tanh`` of the ``<s>`` feature, ReferFormer's sentence feature and the content of its object
+    queries) barely depends on the words (mean cosine similarity 0.997 between Ref-Shapes
+    expressions), so the queries of different expressions all look alike. The head is discarded afterwards.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    distinct = sorted(set(expressions))
+    batch_size = min(batch_size, len(distinct))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mlm_head = nn.Linear(model.config.hidden_size, len(tokenizer))
+    optimizer = torch.optim.AdamW([*model.parameters(), *mlm_head.parameters()], lr=lr, weight_decay=0.0)
+    encoded = tokenizer(distinct, padding=True, return_tensors="pt")
+    input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
+    is_word = ~torch.isin(input_ids, torch.tensor(tokenizer.all_special_ids))  # [N, S]
+    model.train()
+    losses = []
+    for _ in range(steps):
+        batch = torch.randperm(len(distinct), generator=generator)[:batch_size]
+        ids, mask, words = input_ids[batch].repeat(2, 1), attention_mask[batch].repeat(2, 1), is_word[batch].repeat(2, 1)
+        masked = words & (torch.rand(ids.shape, generator=generator) < MASK_PROBABILITY)  # [2B, S]
+        outputs = model(input_ids=ids.masked_fill(masked, tokenizer.mask_token_id), attention_mask=mask)
+        loss = F.cross_entropy(mlm_head(outputs.last_hidden_state[masked]), ids[masked]) if masked.any() else 0.0
+        first, second = F.normalize(outputs.pooler_output, dim=-1).chunk(2)  # [B, 768] each
+        similarity = first @ second.T / CONTRAST_TEMPERATURE  # [B, B]
+        loss = loss + F.cross_entropy(similarity, torch.arange(len(batch)))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
 def save_text_encoder(output: str | Path, tokenizer: PreTrainedTokenizerBase, model: RobertaModel) -> Path:
     """``save_pretrained`` of both into ``output`` (created); returns it."""
     output = Path(output)
@@ -126,22 +186,26 @@ def save_text_encoder(output: str | Path, tokenizer: PreTrainedTokenizerBase, mo
 
 def make_text_encoder(data_root: str | Path, output: str | Path, *, seed: int = 0,
                       vocab_size: int = DEFAULT_VOCAB_SIZE, num_layers: int = DEFAULT_NUM_LAYERS,
-                      num_heads: int = DEFAULT_NUM_HEADS,
-                      intermediate_size: int = DEFAULT_INTERMEDIATE_SIZE) -> Path:
-    """Train the tokenizer on ``data_root``'s expressions, build the encoder, save both into ``output``."""
+                      num_heads: int = DEFAULT_NUM_HEADS, intermediate_size: int = DEFAULT_INTERMEDIATE_SIZE,
+                      pretrain_steps: int = DEFAULT_PRETRAIN_STEPS) -> Path:
+    """Train the tokenizer on ``data_root``'s expressions, build and pre-train the encoder, save both into
+    ``output``."""
     expressions = collect_expressions(data_root)
     tokenizer = train_tokenizer(expressions, vocab_size)
     model = build_text_encoder(len(tokenizer), seed=seed, num_layers=num_layers, num_heads=num_heads,
                                intermediate_size=intermediate_size)
     logger.info("tokenizer: %d entries from %d expressions; encoder: %d layer(s), %.1f M parameters",
                 len(tokenizer), len(expressions), num_layers, sum(p.numel() for p in model.parameters()) / 1e6)
+    if pretrain_steps:
+        losses = pretrain_text_encoder(model, tokenizer, expressions, steps=pretrain_steps, seed=seed)
+        logger.info("pre-trained %d steps: loss %.3f -> %.3f", pretrain_steps, losses[0], losses[-1])
     return save_text_encoder(output, tokenizer, model)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    parser = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer on a dataset's expressions and "
-                                                 "save it with a small random RoBERTa for --text_encoder")
+    parser = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer and a small RoBERTa on a "
+                                                 "dataset's expressions and save both for --text_encoder")
     parser.add_argument("--data_root", required=True, help="dataset root holding meta_expressions/<split>/")
     parser.add_argument("--output", required=True, help="directory to write (pass it as --text_encoder)")
     parser.add_argument("--seed", default=0, type=int, help="seed of the encoder's random initialisation")
@@ -151,9 +215,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"attention heads (must divide {TEXT_HIDDEN_SIZE})")
     parser.add_argument("--intermediate_size", default=DEFAULT_INTERMEDIATE_SIZE, type=int,
                         help="width of the feed-forward layers")
+    parser.add_argument("--pretrain_steps", default=DEFAULT_PRETRAIN_STEPS, type=int,
+                        help="steps of self-supervised pre-training on the expressions (0: keep the random weights)")
     args = parser.parse_args(argv)
     if TEXT_HIDDEN_SIZE % args.num_heads:
         parser.error(f"--num_heads {args.num_heads} does not divide the hidden size {TEXT_HIDDEN_SIZE}")
+    if args.pretrain_steps < 0:
+        parser.error(f"--pretrain_steps must be at least 0, got {args.pretrain_steps}")
     if args.vocab_size <= len(SPECIAL_TOKENS):
         parser.error(f"--vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens")
     return args
@@ -165,7 +233,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     output = make_text_encoder(args.data_root, args.output, seed=args.seed, vocab_size=args.vocab_size,
                                num_layers=args.num_layers, num_heads=args.num_heads,
-                               intermediate_size=args.intermediate_size)
+                               intermediate_size=args.intermediate_size, pretrain_steps=args.pretrain_steps)
     logger.info("wrote %s (use --text_encoder %s)", output, output)
     return output
 
