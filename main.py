@@ -24,14 +24,16 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from datasets import build_dataset, build_evaluations
 from datasets.loader import build_eval_loader, build_train_loader, set_loader_epoch
-from engine import evaluate, train_one_epoch
+from engine import Evaluator, evaluate, train_one_epoch
 from models import build_model
 from opts import EVALUATION_DATASETS, get_args_parser, validate_args
 from util.checkpoint import (LATEST_CHECKPOINT, epoch_checkpoint_name, find_latest_checkpoint, load_checkpoint,
@@ -75,18 +77,33 @@ def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | Non
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
-def run_evaluations(model: torch.nn.Module, args: argparse.Namespace, device: torch.device,
-                    dist_info: DistributedInfo) -> dict[str, float]:
-    """Evaluate ``model`` on the validation data of ``--dataset_file`` (each RefCOCO dataset of ``all``
-    separately); the metrics of all of them in one dict, logged as a table."""
+@dataclass(frozen=True)
+class Evaluation:
+    """The validation data of one dataset: its loader over this process's share, and its evaluator."""
+
+    name: str
+    loader: DataLoader
+    evaluator: Evaluator
+
+
+def build_evaluation_loaders(args: argparse.Namespace, device: torch.device,
+                             dist_info: DistributedInfo) -> list[Evaluation]:
+    """The validation data of ``--dataset_file`` (each RefCOCO dataset of ``all`` separately), read once."""
+    return [
+        Evaluation(name, build_eval_loader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+                                           rank=dist_info.rank, world_size=dist_info.world_size,
+                                           pin_memory=device.type == "cuda"), evaluator)
+        for name, (dataset, evaluator) in build_evaluations(args.dataset_file, args).items()
+    ]
+
+
+def run_evaluations(model: torch.nn.Module, evaluations: list[Evaluation], device: torch.device) -> dict[str, float]:
+    """Evaluate ``model`` on every dataset of ``evaluations``; their metrics in one dict, logged as tables."""
     results: dict[str, float] = {}
-    for name, (dataset, evaluator) in build_evaluations(args.dataset_file, args).items():
-        loader = build_eval_loader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                                   rank=dist_info.rank, world_size=dist_info.world_size,
-                                   pin_memory=device.type == "cuda")
-        logger.info("evaluating on %s: %d samples", name, len(dataset))
-        metrics = evaluate(model, loader, evaluator, device)
-        logger.info("%s results:\n%s", name, format_metrics(metrics))
+    for evaluation in evaluations:
+        logger.info("evaluating on %s: %d samples", evaluation.name, len(evaluation.loader.dataset))
+        metrics = evaluate(model, evaluation.loader, evaluation.evaluator, device)
+        logger.info("%s results:\n%s", evaluation.name, format_metrics(metrics))
         results.update(metrics)
     return results
 
@@ -109,7 +126,7 @@ def evaluate_only(model: torch.nn.Module, args: argparse.Namespace, device: torc
                      source=str(checkpoint_path))
     del checkpoint
     logger.info("evaluating the weights of %s", checkpoint_path)
-    results = run_evaluations(model.to(device), args, device, dist_info)
+    results = run_evaluations(model.to(device), build_evaluation_loaders(args, device, dist_info), device)
     if dist_info.rank == 0:
         write_results(output_dir / EVAL_FILE, results)
     return results
@@ -159,6 +176,8 @@ def main(args: argparse.Namespace) -> dict[str, float] | None:
         raise ValueError(f"{len(dataset)} samples make no full batch of {args.batch_size} per process on "
                          f"{dist_info.world_size} processes; lower --batch_size")
     logger.info("%d training samples, %d iterations per epoch per process", len(dataset), iterations_per_epoch)
+    evaluations = (build_evaluation_loaders(args, device, dist_info) if args.dataset_file in EVALUATION_DATASETS
+                   else [])
 
     # resume
     progress = TrainingProgress(start_epoch=args.start_epoch)
@@ -210,8 +229,8 @@ def main(args: argparse.Namespace) -> dict[str, float] | None:
         lr_scheduler.step()
         save(epoch, None)
         test_stats = {}
-        if args.dataset_file in EVALUATION_DATASETS:
-            test_stats = run_evaluations(model_without_ddp, args, device, dist_info)
+        if evaluations:
+            test_stats = run_evaluations(model_without_ddp, evaluations, device)
             if main_process:
                 write_results(output_dir / f"eval_epoch{epoch:04}.json", test_stats)
         if main_process:

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import av
 import h5py
 import numpy as np
 import torch
@@ -54,6 +53,7 @@ from datasets.ref_video import BadSampleError, draw_training_sample, normalize_c
 from datasets.sampling import SampleRandom, sample_clip_frames, sample_random
 from datasets.transforms import Compose, make_clip_transforms
 from util.box_ops import masks_to_boxes
+from util.video import decode_video
 
 VIDEOS_DIR = Path("Release") / "clips320H"
 VIDEO_SUFFIX = ".mp4"
@@ -166,34 +166,6 @@ def read_instance_masks(path: str | Path) -> tuple[list[int], np.ndarray]:
     return ids, (masks.transpose(0, 2, 1) > 0).astype(np.uint8)  # [N, H, W]
 
 
-def decode_video(path: str | Path, max_frames: int | None = None) -> list[av.VideoFrame]:
-    """The first ``max_frames`` frames of a video (all if ``None``), decoded but not yet converted to RGB.
-
-    Decoding stops as soon as enough frames are there; converting only the clip's frames
-    (``frame.to_image()``) saves most of the remaining time.
-
-    Raises:
-        FileNotFoundError: the file does not exist. ValueError: it cannot be decoded (naming it).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"video {path} does not exist")
-    frames: list[av.VideoFrame] = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"video {path} has no video stream")
-            for frame in container.decode(container.streams.video[0]):
-                frames.append(frame)
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-    except av.FFmpegError as error:
-        raise ValueError(f"cannot decode video {path}: {error}") from error
-    if not frames:
-        raise ValueError(f"video {path} has no frames")
-    return frames
-
-
 def eval_window(frame: int, num_frames: int, first: int, last: int) -> list[int]:
     """The evaluation clip around ``frame``: ``[frame - T//2, frame + (T+1)//2)`` clamped to ``[first, last]``.
 
@@ -300,7 +272,7 @@ class A2DSentencesDataset(Dataset):
         video = video_path(self.root, sample.video_id)
         try:
             # training draws global frames from the whole video; evaluation needs frames up to the window's end
-            decoded = decode_video(video, None if self.training else frame_id + (self.num_frames + 1) // 2)
+            decoded, _ = decode_video(video, None if self.training else frame_id + (self.num_frames + 1) // 2)
         except (OSError, ValueError) as error:
             raise BadSampleError(f"{sample.describe()}: {error}") from error
         if frame_id >= len(decoded):

@@ -60,6 +60,18 @@ def normalize_caption(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def report_bad_entries(bad_entries: Sequence[str], source: str, *, skip_bad_samples: bool) -> None:
+    """Raise :class:`BadSampleError` listing ``bad_entries`` of ``source`` (a dataset's metadata), or with
+    ``skip_bad_samples`` log them as left out."""
+    if not bad_entries:
+        return
+    listed = "\n  ".join(bad_entries)
+    if not skip_bad_samples:
+        raise BadSampleError(f"{len(bad_entries)} bad entries in {source} (pass --skip_bad_samples to leave them "
+                             f"out):\n  {listed}")
+    logger.warning("left out %d bad entries of %s:\n  %s", len(bad_entries), source, listed)
+
+
 def draw_training_sample(index: int, num_samples: int, load: Callable[[int, SampleRandom], tuple[Tensor, dict]],
                          rng: SampleRandom, *, skip_bad_samples: bool, source: str | Path,
                          require_visible: bool = True) -> tuple[Tensor, dict]:
@@ -126,14 +138,7 @@ class ReferringVideoDataset(Dataset):
         self.always_local_sampling = always_local_sampling
         self.skip_bad_samples = skip_bad_samples
         self.samples, self.bad_entries = self._build_samples()
-        if self.bad_entries:
-            if not skip_bad_samples:
-                raise BadSampleError(
-                    f"{len(self.bad_entries)} bad entries in the {self.root} metadata (pass --skip_bad_samples to "
-                    "leave them out):\n  " + "\n  ".join(self.bad_entries)
-                )
-            logger.warning("left out %d bad metadata entries of %s:\n  %s", len(self.bad_entries), self.root,
-                           "\n  ".join(self.bad_entries))
+        report_bad_entries(self.bad_entries, f"the {self.root} metadata", skip_bad_samples=skip_bad_samples)
         if not self.samples:
             raise BadSampleError(f"no training samples in {self.root} (split {split!r})")
 

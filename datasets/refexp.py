@@ -23,7 +23,6 @@ loaded. With ``skip_bad_samples`` (training only) they are logged and skipped in
 from __future__ import annotations
 
 import argparse
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,10 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from datasets.image_transforms import make_image_transforms
 from datasets.meta import DatasetFormatError, load_json, read_frame
-from datasets.ref_video import BadSampleError, draw_training_sample, normalize_caption
+from datasets.ref_video import BadSampleError, draw_training_sample, normalize_caption, report_bad_entries
 from datasets.sampling import SampleRandom, sample_random
 from datasets.transforms import Compose
 
-logger = logging.getLogger(__name__)
 
 # How each dataset's referring expressions were split (the "split_by" of its refs pickle) and the
 # splits the converter writes; the order of the names is the order of "all" and of joint training.
@@ -201,12 +199,7 @@ class ReferringImageDataset(Dataset):
         self.skip_bad_samples = skip_bad_samples
         self.path = instances_path(coco_path, name, split)
         self.samples, self.bad_entries = read_referred_objects(self.path)
-        if self.bad_entries:
-            if not skip_bad_samples:
-                raise BadSampleError(f"{len(self.bad_entries)} bad records in {self.path} (pass --skip_bad_samples to "
-                                     "leave them out):\n  " + "\n  ".join(self.bad_entries))
-            logger.warning("left out %d bad records of %s:\n  %s", len(self.bad_entries), self.path,
-                           "\n  ".join(self.bad_entries))
+        report_bad_entries(self.bad_entries, str(self.path), skip_bad_samples=skip_bad_samples)
         if not self.samples:
             raise BadSampleError(f"no samples in {self.path}")
 

@@ -1,5 +1,6 @@
-"""Reading and writing video files (PyAV) for ``demo.py``.
+"""Reading and writing video files (PyAV) for ``demo.py`` and the A2D-Sentences reader.
 
+* :func:`decode_video` — the first frames of a video, decoded but not converted (A2D clips);
 * :func:`read_video` — every frame of a video file (mp4, avi, webm, … whatever FFmpeg decodes) as
   RGB images, and its frame rate; errors name the file.
 * :func:`write_mp4` — RGB images as an H.264 MP4 (sizes padded to even, as yuv420p requires).
@@ -21,8 +22,10 @@ MP4_PIXEL_FORMAT = "yuv420p"
 """The format every player reads; its chroma is subsampled 2x2, so the frame sides must be even."""
 
 
-def read_video(path: str | Path) -> tuple[list[Image.Image], float]:
-    """All frames of the video file ``path`` as RGB images, and its frame rate.
+def decode_video(path: str | Path, max_frames: int | None = None) -> tuple[list[av.VideoFrame], float]:
+    """The first ``max_frames`` frames of the video file ``path`` (all if ``None``), decoded but not yet
+    converted to RGB (``frame.to_image()``; converting only the frames needed saves most of the time),
+    and its frame rate. Decoding stops as soon as enough frames are there.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -31,18 +34,28 @@ def read_video(path: str | Path) -> tuple[list[Image.Image], float]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video {path} does not exist")
+    frames: list[av.VideoFrame] = []
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise ValueError(f"{path} has no video stream")
             stream = container.streams.video[0]
             fps = float(stream.average_rate) if stream.average_rate else DEFAULT_FPS
-            frames = [frame.to_image() for frame in container.decode(stream)]
+            for frame in container.decode(stream):
+                frames.append(frame)
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
     except av.FFmpegError as error:
         raise ValueError(f"cannot read video {path}: {error}") from error
     if not frames:
         raise ValueError(f"video {path} has no frames")
     return frames, fps
+
+
+def read_video(path: str | Path) -> tuple[list[Image.Image], float]:
+    """All frames of the video file ``path`` as RGB images, and its frame rate (errors as :func:`decode_video`)."""
+    frames, fps = decode_video(path)
+    return [frame.to_image() for frame in frames], fps
 
 
 def write_mp4(frames: Iterable[Image.Image], path: str | Path, fps: float = DEFAULT_FPS) -> Path:

@@ -76,7 +76,6 @@ def test_jhmdb_metadata_and_ground_truth(jhmdb_root):
         assert frame.startswith(f"jhmdb_sentences/Rename_Images/{action}/{video}/")  # relative to the parent
         assert masks == f"jhmdb_sentences/puppet_mask/{action}/{video}/puppet_mask.mat"
         assert total == min(frames, mask_frames) and query == text
-        assert 1 <= int(frame[-9:-4]) <= total  # only frames with a mask are chosen
     coco = COCO(str(jhmdb_root / "jhmdb_sentences_gt_annotations_in_coco_format.json"))
     assert list(coco.imgs) == [f"v_{video}_f_{frame}" for video, frame in _chosen(jhmdb_root)]
     for (video, frame), image_id in zip(_chosen(jhmdb_root), coco.imgs):
@@ -92,6 +91,14 @@ def test_jhmdb_frame_choice_is_fixed_by_the_seed(jhmdb_root):
     assert any(choice != choices[0] for choice in choices[2:])
     prepare_jhmdb(jhmdb_root, seed=0, frames_per_video=1)
     assert [video for video, _ in _chosen(jhmdb_root)] == ["brush_vid", "catch_vid"]
+
+
+def test_jhmdb_only_frames_with_a_mask_are_chosen(jhmdb_root):
+    # asking for more frames than a video has chooses all usable ones: catch_vid has 5 frames, 4 masks
+    prepare_jhmdb(jhmdb_root, seed=0, frames_per_video=10)
+    chosen = _chosen(jhmdb_root)
+    assert [frame for video, frame in chosen if video == "catch_vid"] == [1, 2, 3, 4]
+    assert [frame for video, frame in chosen if video == "brush_vid"] == [1, 2, 3, 4, 5, 6]
 
 
 def test_jhmdb_missing_mask_file_is_named(jhmdb_root):
