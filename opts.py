@@ -80,6 +80,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                             "resnet18 and resnet34 for the CPU quick start")
     model.add_argument("--backbone_pretrained", default=None, type=str,
                        help="ImageNet/Kinetics weights for a Swin/Video-Swin backbone when training from scratch")
+    model.add_argument("--backbone_from_scratch", action="store_true",
+                       help="ResNet with random weights: every stage trains and BatchNorm uses batch statistics "
+                            "(the default freezes the stem, layer1 and all BatchNorms, which suits ImageNet weights "
+                            "only)")
     model.add_argument("--use_checkpoint", action="store_true",
                        help="gradient checkpointing in Swin/Video-Swin blocks (saves memory)")
     model.add_argument("--dilation", action="store_true",

@@ -43,6 +43,7 @@ def build_model(
         dilation=args.dilation,
         pretrained_path=args.backbone_pretrained,
         use_checkpoint=args.use_checkpoint,
+        from_scratch=args.backbone_from_scratch,
     )
     transformer = DeformableTransformer(
         d_model=args.hidden_dim,

@@ -146,21 +146,30 @@ def build_resnet(
     dilation: bool = False,
     pretrained_path: str | None = None,
     use_checkpoint: bool = False,
+    from_scratch: bool = False,
 ) -> BackboneBody:
-    """A torchvision ResNet (:data:`RESNET_CHANNELS`) with FrozenBatchNorm2d; ``pretrained_path`` = torchvision
-    ImageNet weights file."""
+    """A torchvision ResNet (:data:`RESNET_CHANNELS`); ``pretrained_path`` = torchvision ImageNet weights file.
+
+    As in the original, the normalisation is FrozenBatchNorm2d and only :data:`RESNET_TRAINABLE_STAGES`
+    train: both assume pre-trained weights. ``from_scratch`` is for random weights: ordinary BatchNorm
+    (batch statistics in training, running ones in evaluation) and every stage trained.
+    """
     if use_checkpoint:
         raise ValueError("--use_checkpoint is supported by the Swin and Video Swin backbones only, not ResNet")
+    if from_scratch and pretrained_path:
+        raise ValueError("--backbone_from_scratch and --backbone_pretrained exclude each other")
     resnet = getattr(torchvision.models, name)(
-        weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=FrozenBatchNorm2d
+        weights=None, replace_stride_with_dilation=[False, False, dilation],
+        norm_layer=nn.BatchNorm2d if from_scratch else FrozenBatchNorm2d,
     )
     body = ResNetBody(resnet)
     if pretrained_path:
         from util.checkpoint import load_resnet_imagenet_weights
 
         load_resnet_imagenet_weights(body, pretrained_path)
+    trainable_stages = ("",) if from_scratch else RESNET_TRAINABLE_STAGES
     for param_name, parameter in body.named_parameters():
-        if not train_backbone or not any(stage in param_name for stage in RESNET_TRAINABLE_STAGES):
+        if not train_backbone or not any(stage in param_name for stage in trainable_stages):
             parameter.requires_grad_(False)
     strides = [4, 8, 16, 16 if dilation else 32]
     return BackboneBody(body, strides=strides, num_channels=list(RESNET_CHANNELS[name]))
@@ -183,12 +192,20 @@ def build_backbone(
     dilation: bool = False,
     pretrained_path: str | None = None,
     use_checkpoint: bool = False,
+    from_scratch: bool = False,
 ) -> Joiner:
-    """The backbone named ``name`` (see ``BACKBONES``) joined with a 2-D sine position encoding."""
+    """The backbone named ``name`` (see ``BACKBONES``) joined with a 2-D sine position encoding.
+
+    ``from_scratch``: a ResNet meant for random weights (see :func:`build_resnet`).
+    """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+    options = {"from_scratch": True} if from_scratch else {}
+    if from_scratch and name not in RESNET_CHANNELS:
+        raise ValueError(f"--backbone_from_scratch applies to the ResNet backbones, not {name!r} (Swin backbones "
+                         "always train every stage, with LayerNorm)")
     body = BACKBONES[name](
         name, train_backbone=train_backbone, dilation=dilation, pretrained_path=pretrained_path,
-        use_checkpoint=use_checkpoint,
+        use_checkpoint=use_checkpoint, **options,
     )
     return Joiner(body, PositionEmbeddingSine(hidden_dim // 2, normalize=True))

@@ -1,6 +1,7 @@
 """The quick start end to end in its smoke configuration (tiny data and model, one short epoch)."""
 from __future__ import annotations
 
+import json
 import zipfile
 
 import pytest
@@ -16,6 +17,7 @@ def test_smoke_run_writes_every_artefact_and_prints_jf(tmp_path, capsys):
     jf = quickstart.main(argv)
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1].startswith(f"J&F {jf:.1f} ")
+    assert printed[-2].startswith("  by expression: J&F ") and "resolved by any frame" in printed[-2]
     assert 0 <= jf <= 100
     assert (output / "train" / "checkpoint0000.pth").is_file()
     with zipfile.ZipFile(output / "inference" / "submission-valid.zip") as archive:
@@ -38,3 +40,13 @@ def test_folders_made_with_other_settings_are_refused(tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(FileExistsError, match="remove it or choose another folder"):
         quickstart.make_data(quickstart.SMOKE, tmp_path / "data", tmp_path / "logs")
+
+
+def test_data_made_by_an_older_generator_is_refused(tmp_path):
+    """Same flags, older generator (no version in the stamp): the data differ, so it is not reused."""
+    data = tmp_path / "data"
+    data.mkdir()
+    stale = {"data": list(quickstart.SMOKE.data), "text_encoder": list(quickstart.SMOKE.text_encoder)}
+    (data / quickstart.SETTINGS_FILE).write_text(json.dumps(stale))
+    with pytest.raises(FileExistsError, match="remove it or choose another folder"):
+        quickstart.make_data(quickstart.SMOKE, data, tmp_path / "logs")

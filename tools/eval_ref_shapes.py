@@ -12,10 +12,15 @@ than its 20 proposals): the masks are first rewritten as 0/1 label maps under ``
 (default: ``labels`` beside ``--predictions``), then ``eval_davis.py`` scores that folder in the
 unsupervised task (one predicted object against one ground-truth object per sequence) and writes
 its CSVs there. Returns and prints the global scores; J&F is ``J&F-Mean`` × 100 in the tables.
+
+It then splits the scores by the ground truth's ``needs_motion`` flag: expressions that any single
+frame resolves, and those that only the motion does — which a model decoding each frame on its own
+(ReferFormer with a 2-D backbone) can only guess (written to ``<labels>/motion_results-val.csv``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -27,7 +32,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import eval_davis  # noqa: E402
-from davis2017.evaluation import read_label_map, read_sequence_list  # noqa: E402
+from davis2017.evaluation import (  # noqa: E402
+    DavisScores,
+    format_table,
+    read_label_map,
+    read_sequence_list,
+    write_csv_table,
+)
+from tools.data.make_ref_shapes import GROUND_TRUTH_FILE, NEEDS_MOTION_KEY  # noqa: E402
 
 # The ground truth labels the referred object 1 (make_ref_shapes.REFERRED_LABEL); a binary mask becomes that object.
 REFERRED_LABEL = 1
@@ -58,6 +70,41 @@ def binary_masks_to_labels(predictions: str | Path, labels: str | Path, sequence
     return count
 
 
+MOTION_COLUMNS = ("Expressions", "Count", "J&F-Mean", "J-Mean", "F-Mean")
+MOTION_GROUPS = {False: "resolved by any frame", True: "resolved only by motion"}
+
+
+def motion_csv_path(labels: str | Path) -> Path:
+    """Where :func:`main` writes the scores by motion group."""
+    return Path(labels) / f"motion_results-{DAVIS_SET}.csv"
+
+
+def scores_by_motion(per_object: list[tuple[str, float, float]], ground_truth: dict) -> list[list]:
+    """Rows of :data:`MOTION_COLUMNS`: the per-object scores averaged over each :data:`MOTION_GROUPS` group.
+
+    Args:
+        per_object: ``(<video>/<exp_id>_1, J, F)`` rows of the DAVIS per-sequence table.
+        ground_truth: the generator's ``meta_expressions_with_gt.json`` content.
+
+    Raises:
+        KeyError: a scored sequence has no ground-truth entry with the motion flag.
+    """
+    groups: dict[bool, list[tuple[float, float]]] = {flag: [] for flag in MOTION_GROUPS}
+    for name, j, f in per_object:
+        video, exp_id = name.rsplit("_", 1)[0].split("/")
+        entry = ground_truth["videos"].get(video, {}).get("expressions", {}).get(exp_id, {})
+        if NEEDS_MOTION_KEY not in entry:
+            raise KeyError(f"sequence {name}: no {NEEDS_MOTION_KEY!r} flag for expression {exp_id} of {video} in the "
+                           f"ground truth; regenerate the dataset with tools/data/make_ref_shapes.py")
+        groups[bool(entry[NEEDS_MOTION_KEY])].append((j, f))
+    rows = []
+    for flag, scores in groups.items():
+        if scores:
+            j, f = np.mean(scores, axis=0)
+            rows.append([MOTION_GROUPS[flag], len(scores), (j + f) / 2, j, f])
+    return rows
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--predictions", required=True,
@@ -66,6 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the dataset's davis_valid folder (ImageSets/2017/val.txt, Annotations_unsupervised/)")
     parser.add_argument("--labels", default=None,
                         help="where to write the 0/1 label maps and the CSVs (default: <predictions>/../labels)")
+    parser.add_argument("--ground_truth", default=None,
+                        help=f"the generator's {GROUND_TRUTH_FILE}, for the scores by motion (default: "
+                             f"<davis_path>/../meta_expressions/valid/{GROUND_TRUTH_FILE}; skipped if absent)")
     return parser.parse_args(argv)
 
 
@@ -75,8 +125,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     labels = Path(args.labels) if args.labels else Path(args.predictions).parent / "labels"
     sequences = read_sequence_list(args.davis_path, DAVIS_SET)
     binary_masks_to_labels(args.predictions, labels, sequences)
-    return eval_davis.main(["--davis_path", args.davis_path, "--set", DAVIS_SET, "--task", DAVIS_TASK,
-                            "--results_path", str(labels), "--recompute"])
+    scores = eval_davis.main(["--davis_path", args.davis_path, "--set", DAVIS_SET, "--task", DAVIS_TASK,
+                              "--results_path", str(labels), "--recompute"])
+    ground_truth = Path(args.ground_truth or Path(args.davis_path).parent / "meta_expressions" / "valid"
+                        / GROUND_TRUTH_FILE)
+    if ground_truth.is_file():
+        per_object = DavisScores.read_csv(str(labels), DAVIS_SET).per_object
+        rows = scores_by_motion(per_object, json.loads(ground_truth.read_text(encoding="utf-8")))
+        write_csv_table(str(motion_csv_path(labels)), MOTION_COLUMNS, rows)
+        print(f"\n---------- Scores by what resolves the expression ({ground_truth}) ----------")
+        print(format_table(MOTION_COLUMNS, rows))
+    return scores
 
 
 if __name__ == "__main__":

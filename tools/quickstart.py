@@ -1,6 +1,6 @@
 """The CPU quick start: the whole system, end to end, on a synthetic dataset (what ``make quickstart`` runs).
 
-    python tools/quickstart.py            # about 15 minutes on 2 CPU cores; prints J&F last
+    python tools/quickstart.py            # about 15 minutes on 2 CPU cores; prints J&F (about 60) last
     python tools/quickstart.py --smoke    # a tiny run of every step (about a minute): checks the pipeline
 
 Steps, each logged to ``<output_dir>/logs/<step>.log`` (the commands are printed, so each can be rerun alone):
@@ -18,22 +18,34 @@ Steps, each logged to ``<output_dir>/logs/<step>.log`` (the commands are printed
 6. ``overlay``: ``<output_dir>/overlay.gif``, every expression of the first valid video: predicted
    mask (left) and ground truth (right) over the frames, the expression written above.
 
-The configuration: ResNet-18 trained from scratch (no ImageNet weights offline), a 64-wide
-transformer with 2 encoder and 2 decoder layers, one query per frame, 3-frame clips at 128 × 128
+The configuration: ResNet-18 trained from scratch (no ImageNet weights offline; with
+``--backbone_from_scratch``: BatchNorm and every stage trained), a 64-wide transformer with 2
+encoder and 6 decoder layers, one query per frame, 1-frame clips at 128 × 128 in batches of 6,
 without the photometric distortion (its channel swaps and hue shifts recolour the shapes the
-expressions name), batches of 2 clips, one epoch (about 2400 iterations), learning rates 2x the
-paper's (transformer and backbone, since everything starts from random weights), and the text
-encoder of ``train_text_encoder.py`` (pre-trained on the expressions) frozen.
+expressions name), one epoch (about 2500 iterations), learning rates 2x the paper's (transformer
+and backbone, since everything starts from random weights), and the text encoder of
+``train_text_encoder.py`` (pre-trained on the expressions) frozen.
 
-Measured alternatives after the same epoch (J&F on the valid split, each a single run): 5 queries
-31–37 (with or without the photometric distortion and the text-encoder pre-training) against 40–41
-with one query, whose box and mask losses force it onto the referred object instead of leaving the
-choice to the class score; with one query, lr 5e-4 (40.1), or 2 epochs of 2-frame clips at 96 px
-(38.5) did not help; training the text encoder too scored lower (31).
+Measured alternatives (J&F on the valid split after one epoch on 200 training videos, single runs
+on one thread, two at a time; about ±3 between runs):
+
+* 5 queries: 31–37. The class score, which picks the query, never learned the expression in any
+  5-query run (its loss stayed at the focal loss of a constant prediction); one query has to follow
+  the text through its mask loss. Everything below uses one query.
+* 2 decoder layers, 3-frame clips × 2: 40–41 with the frozen-BatchNorm ResNet of the original
+  (untrained stem, no normalisation from random weights) on the earlier Ref-Shapes, where a third
+  of the expressions needed the motion; 41.7 with ``--backbone_from_scratch`` on the current one.
+* then 4 decoder layers instead of 2: 50.1; or 1-frame clips × 6 instead of 3-frame clips × 2 (the
+  same frames per step but 6 expressions instead of 2; a 2-D backbone decodes every frame on its
+  own anyway): 52.6; both: 56.8. With 250 training videos on two idle threads: 59.8 with 4 decoder
+  layers, 61.1 with 6 (the recipe; the decoder costs little with one query).
+* no help: lr 4e-4 (49.3 with 1-frame clips), lr 5e-4 or 2 epochs of 2-frame clips at 96 px
+  (earlier recipe: 40.1, 38.5), training the text encoder too (31, 5 queries).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -52,8 +64,8 @@ if str(ROOT) not in sys.path:
 
 from datasets.meta import META_EXPRESSIONS_DIR, frame_path, read_meta_expressions, ytvos_split_videos  # noqa: E402
 from davis2017.evaluation import DavisScores, csv_paths  # noqa: E402
-from tools.data.make_ref_shapes import DAVIS_ANNOTATIONS, DAVIS_DIR, GROUND_TRUTH_FILE  # noqa: E402
-from tools.eval_ref_shapes import DAVIS_SET  # noqa: E402
+from tools.data.make_ref_shapes import DATASET_VERSION, DAVIS_ANNOTATIONS, DAVIS_DIR, GROUND_TRUTH_FILE  # noqa: E402
+from tools.eval_ref_shapes import DAVIS_SET, motion_csv_path  # noqa: E402
 from util.visualize import blend_mask, expression_color, save_gif  # noqa: E402
 
 SETTINGS_FILE = "quickstart.json"
@@ -88,13 +100,13 @@ class Recipe:
 
 
 QUICKSTART = Recipe(
-    data=("--seed", "0", "--num_train_videos", "200", "--num_valid_videos", "24", "--frames", "10",
+    data=("--seed", "0", "--num_train_videos", "250", "--num_valid_videos", "24", "--frames", "10",
           "--height", "128", "--width", "128", "--expressions_per_object", "2"),
     text_encoder=("--seed", "0"),
     model=("--dataset_file", "ref_shapes", "--binary", "--with_box_refine", "--freeze_text_encoder",
-           "--backbone", "resnet18", "--hidden_dim", "64", "--dim_feedforward", "256", "--enc_layers", "2",
-           "--dec_layers", "2", "--num_queries", "1", "--mask_dim", "64", "--device", "cpu"),
-    train=("--num_frames", "3", "--max_size", "128", "--batch_size", "2", "--lr", "2e-4", "--lr_backbone", "1e-4",
+           "--backbone", "resnet18", "--backbone_from_scratch", "--hidden_dim", "64", "--dim_feedforward", "256",
+           "--enc_layers", "2", "--dec_layers", "6", "--num_queries", "1", "--mask_dim", "64", "--device", "cpu"),
+    train=("--num_frames", "1", "--max_size", "128", "--batch_size", "6", "--lr", "2e-4", "--lr_backbone", "1e-4",
            "--photometric_distort", "off", "--num_workers", "0", "--print_freq", "100"),
     inference=("--short_side", "128"),
     epochs=1,
@@ -105,8 +117,8 @@ SMOKE = Recipe(
           "--height", "64", "--width", "64", "--expressions_per_object", "1"),
     text_encoder=("--seed", "0", "--intermediate_size", "64", "--pretrain_steps", "5"),
     model=("--dataset_file", "ref_shapes", "--binary", "--with_box_refine", "--freeze_text_encoder",
-           "--backbone", "resnet18", "--hidden_dim", "32", "--dim_feedforward", "32", "--enc_layers", "1",
-           "--dec_layers", "2", "--num_queries", "2", "--mask_dim", "32", "--device", "cpu"),
+           "--backbone", "resnet18", "--backbone_from_scratch", "--hidden_dim", "32", "--dim_feedforward", "32",
+           "--enc_layers", "1", "--dec_layers", "2", "--num_queries", "2", "--mask_dim", "32", "--device", "cpu"),
     train=("--num_frames", "2", "--max_size", "64", "--batch_size", "2", "--num_workers", "0", "--print_freq", "5"),
     inference=("--short_side", "64"),
     epochs=1,
@@ -163,7 +175,8 @@ def made_with(folder: Path, settings: dict) -> bool:
 
 def make_data(recipe: Recipe, data_dir: Path, logs: Path) -> None:
     """Generate the dataset and its text encoder into ``data_dir`` (via ``<data_dir>.partial``, renamed at the end)."""
-    settings = {"data": list(recipe.data), "text_encoder": list(recipe.text_encoder)}
+    settings = {"data": list(recipe.data), "generator_version": DATASET_VERSION,
+                "text_encoder": list(recipe.text_encoder)}
     if made_with(data_dir, settings):
         log(f"  {data_dir} is up to date, skipped")
         return
@@ -271,6 +284,11 @@ def main(argv: list[str] | None = None) -> float:
     demo = ["python", "demo.py", "--video", str(video), "--text", f'"{text}"', "--checkpoint",
             str(train_dir / "checkpoint.pth"), "--output_dir", "demo_output", *model_flags, *recipe.inference]
     log(f"try the demo on any video or folder of frames:\n  {' '.join(demo)}")
+    with open(motion_csv_path(labels), encoding="utf-8") as table:
+        groups = {row["Expressions"]: row for row in csv.DictReader(table)}
+    log("  by expression: " + ", ".join(
+        f"J&F {100 * float(row['J&F-Mean']):.1f} on the {row['Count']} {name}" for name, row in groups.items()
+    ) + " (ReferFormer with a 2-D backbone decodes each frame on its own)")
     jf = 100 * scores["J&F-Mean"]
     log(f"J&F {jf:.1f} (J {100 * scores['J-Mean']:.1f}, F {100 * scores['F-Mean']:.1f}) on the Ref-Shapes valid split")
     return jf

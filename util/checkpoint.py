@@ -47,9 +47,12 @@ DDP_PREFIX = "module."
 # Keys some checkpoints hold that no module of ours has: RoBERTa buffers that older transformers
 # versions persisted (position_ids before 4.31; token_type_ids only in some conversions).
 STALE_KEYS = frozenset({"text_encoder.embeddings.position_ids", "text_encoder.embeddings.token_type_ids"})
-# Counters left by profiling hooks (thop), and BatchNorm step counters: the ResNet uses
-# FrozenBatchNorm2d, which has no such buffer, and no other BatchNorm exists in the model.
-STALE_KEY_SUFFIXES = ("total_ops", "total_params", "num_batches_tracked")
+# BatchNorm step counters: FrozenBatchNorm2d has none, and the ordinary BatchNorm of
+# --backbone_from_scratch only reads it with momentum=None, which it does not use; so they are
+# dropped from every checkpoint and never required.
+BATCHNORM_COUNTER_SUFFIX = "num_batches_tracked"
+# Counters left by profiling hooks (thop), and the BatchNorm step counters.
+STALE_KEY_SUFFIXES = ("total_ops", "total_params", BATCHNORM_COUNTER_SUFFIX)
 # The ImageNet classifier of torchvision ResNets, which the backbone body does not have.
 RESNET_CLASSIFIER_PREFIX = "fc."
 # How many keys of each kind a mismatch error lists before summarising.
@@ -230,7 +233,7 @@ def load_model_state(
             f"{len(conflicts)} conflicts: {_first_keys(conflicts)}"
         )
 
-    missing = [key for key in model_state if key not in state]
+    missing = [key for key in model_state if key not in state and not key.endswith(BATCHNORM_COUNTER_SUFFIX)]
     unexpected = [key for key in state if key not in model_state]
     mismatched = [
         f"{key}: checkpoint {list(state[key].shape)} vs model {list(model_state[key].shape)}"

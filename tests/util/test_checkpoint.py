@@ -285,3 +285,20 @@ def test_resnet_imagenet_weights_drop_the_classifier(tmp_path):
     load_resnet_imagenet_weights(body, path)
     assert torch.equal(body.layer3[1].bn2.running_mean, imagenet.layer3[1].bn2.running_mean)
     assert torch.equal(body.conv1.weight, imagenet.conv1.weight)
+
+
+def test_batchnorm_model_loads_strictly_without_its_step_counters():
+    """--backbone_from_scratch has ordinary BatchNorm: its counters are dropped, its statistics load."""
+    source = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    source.train()
+    source(torch.rand(2, 3, 8, 8) * 3)
+    state = model_state_from_checkpoint({"model": source.state_dict()})
+    assert "1.num_batches_tracked" not in state
+    target = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    report = load_model_state(target, state, strict=True)
+    assert report.missing_keys == () and report.unexpected_keys == ()
+    torch.testing.assert_close(target[1].running_mean, source[1].running_mean)
+    torch.testing.assert_close(target[1].running_var, source[1].running_var)
+    del state["1.running_var"]
+    with pytest.raises(CheckpointMismatchError, match=r"1 missing keys[\s\S]*1\.running_var"):
+        load_model_state(target, state, strict=True)

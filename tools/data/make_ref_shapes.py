@@ -6,9 +6,14 @@ background (smooth noise, a gradient or stripes). Objects may overlap: the later
 top and the masks show what is visible. Each expression names one object by the attributes that
 single it out in its video — size, colour, shape, the side of the frame it keeps to and its
 motion — e.g. "the small red triangle moving right" or "the circle on the left" (without its
-shape an object is "the … object"). About a third of
-the videos hold a pair of identical-looking objects that cross each other in opposite directions:
-only their motion tells them apart.
+shape an object is "the … object"). One video in ten holds a pair of identical-looking objects
+that cross each other in opposite directions: only their motion tells them apart.
+
+Most expressions can be resolved from any single frame, some only from the motion: about 15 % of
+them (the twins', and those whose other words fit several objects). Motion is kept a minority on
+purpose: ReferFormer with a 2-D backbone (ResNet, Swin) decodes every frame on its own and cannot
+see motion, so those expressions are a coin toss for the quick-start model (a Video-Swin backbone
+sees it). ``TWIN_PROBABILITY`` and ``MOTION_WEIGHT`` set the share.
 
 Attributes, as the expressions use them:
 
@@ -30,7 +35,8 @@ Layout written under ``--output`` (spec 4.1)::
     valid/…                                  the same for the validation videos
     meta_expressions/train/meta_expressions.json              expressions with ``obj_id``
     meta_expressions/valid/meta_expressions.json              without ``obj_id`` (competition format)
-    meta_expressions/valid/meta_expressions_with_gt.json      the same with ``obj_id``: local ground truth
+    meta_expressions/valid/meta_expressions_with_gt.json      the same with ``obj_id`` and ``needs_motion``:
+                                                              the local ground truth
     davis_valid/                             the validation ground truth as a DAVIS-2017 folder: one
                                              sequence ``<video>/<exp_id>`` per expression whose object 1
                                              is the referred object (``Annotations_unsupervised/480p/…``,
@@ -126,8 +132,8 @@ SIDE_MARGIN = 0.06
 """An object keeps to a side when its centre is this fraction of the frame beyond all others, in every frame."""
 
 OBJECTS_PER_VIDEO = (2, 4)
-TWIN_PROBABILITY = 0.3
-"""Share of videos with two identical-looking objects crossing in opposite directions."""
+TWIN_PROBABILITY = 0.1
+"""Share of videos with two identical-looking objects crossing in opposite directions (only motion separates them)."""
 TWIN_OFFSET_RANGE = (0.5, 1.0)
 """Twins pass each other this many ``SIDE_MARGIN`` apart, so no side separates them: only motion does."""
 
@@ -159,6 +165,8 @@ DESCRIPTION_DECAY = 0.5
 """A description with one more attribute is drawn this many times as often."""
 SHAPE_NOUN_WEIGHT = 2.0
 """A description naming the shape is drawn this many times as often, as people name the category."""
+MOTION_WEIGHT = 0.3
+"""A description naming the motion is drawn this many times as often (below 1: less often)."""
 NOUN_WITHOUT_SHAPE = "object"
 SIDE_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
 MOTION_PHRASES = {
@@ -174,11 +182,16 @@ FRAME_NAME_STEP = 5
 """Ref-YouTube-VOS names frames 00000, 00005, …: every fifth frame of the original 30 fps video."""
 JPEG_QUALITY = 95
 GROUND_TRUTH_FILE = "meta_expressions_with_gt.json"
+NEEDS_MOTION_KEY = "needs_motion"
+"""Ground-truth entry: whether only the motion resolves the expression (``eval_ref_shapes.py`` scores both kinds)."""
 DAVIS_DIR = "davis_valid"
 DAVIS_ANNOTATIONS = ("Annotations_unsupervised", "480p")
 DAVIS_SEQUENCE_LIST = ("ImageSets", "2017", "val.txt")
 REFERRED_LABEL = 1
 """In ``davis_valid`` the referred object is object 1 of its sequence."""
+
+DATASET_VERSION = 2
+"""Raised whenever the same flags start producing different files (2: motion a minority, ``needs_motion``)."""
 
 DEFAULT_OUTPUT = "data/ref-shapes"
 DEFAULT_TRAIN_VIDEOS = 200
@@ -274,7 +287,7 @@ class SplitStatistics:
     motion_expressions: int = 0
     """Expressions that name the motion."""
     motion_needed_expressions: int = 0
-    """Expressions whose object no description without its motion singles out."""
+    """Expressions that only their motion resolves (:func:`needs_motion`)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,6 +502,7 @@ def describe(rng: np.random.Generator, objects: list[ShapeObject],
         if not candidates:
             return None
         weights = np.array([DESCRIPTION_DECAY ** (len(c) - 1) * (SHAPE_NOUN_WEIGHT if "shape" in c else 1.0)
+                            * (MOTION_WEIGHT if "motion" in c else 1.0)
                             for c in candidates])
         chosen = rng.choice(len(candidates), size=min(per_object, len(candidates)), replace=False,
                             p=weights / weights.sum())
@@ -498,10 +512,14 @@ def describe(rng: np.random.Generator, objects: list[ShapeObject],
     return expressions
 
 
-def needs_motion(objects: list[ShapeObject], obj_id: int) -> bool:
-    """Whether every description that singles out object ``obj_id`` names its motion."""
-    descriptions = unique_descriptions(objects, objects[obj_id - 1])
-    return all("motion" in attributes for attributes in descriptions)
+def needs_motion(objects: list[ShapeObject], expression: ReferringExpression) -> bool:
+    """Whether only the motion resolves ``expression``: it names the motion, and its other words fit
+    more than one object. A model that looks at one frame at a time cannot resolve it."""
+    if "motion" not in expression.attributes:
+        return False
+    obj = objects[expression.obj_id - 1]
+    others = {name: obj.attribute(name) for name in expression.attributes if name != "motion"}
+    return matching_objects(objects, others) != [obj.obj_id]
 
 
 def make_scene(rng: np.random.Generator, name: str, *, height: int, width: int, num_frames: int,
@@ -578,13 +596,18 @@ def meta_entry(scene: VideoScene) -> dict:
     }}
 
 
-def expressions_entry(scene: VideoScene, with_obj_id: bool) -> dict:
-    """The video's ``meta_expressions.json`` entry; expression ids are ``"0"``, ``"1"``, …"""
+def expressions_entry(scene: VideoScene, with_obj_id: bool, ground_truth: bool = False) -> dict:
+    """The video's ``meta_expressions.json`` entry; expression ids are ``"0"``, ``"1"``, …
+
+    ``ground_truth`` adds ``obj_id`` and :data:`NEEDS_MOTION_KEY` (the local ground-truth file).
+    """
     expressions = {}
     for exp_id, expression in enumerate(scene.expressions):
         entry = {"exp": expression.text}
-        if with_obj_id:
+        if with_obj_id or ground_truth:
             entry["obj_id"] = str(expression.obj_id)
+        if ground_truth:
+            entry[NEEDS_MOTION_KEY] = needs_motion(scene.objects, expression)
         expressions[str(exp_id)] = entry
     return {"expressions": expressions, "frames": scene.frame_names}
 
@@ -615,7 +638,7 @@ def split_statistics(scenes: list[VideoScene]) -> SplitStatistics:
         stats.expressions += len(scene.expressions)
         stats.twin_videos += scene.has_twins
         stats.motion_expressions += sum("motion" in e.attributes for e in scene.expressions)
-        stats.motion_needed_expressions += sum(needs_motion(scene.objects, e.obj_id) for e in scene.expressions)
+        stats.motion_needed_expressions += sum(needs_motion(scene.objects, e) for e in scene.expressions)
     return stats
 
 
@@ -641,7 +664,7 @@ def write_dataset(output: str | Path, *, seed: int, num_train_videos: int, num_v
                     {"videos": {s.name: expressions_entry(s, has_obj_id) for s in scenes}})
         if split == "valid":
             _write_json(expressions_dir / GROUND_TRUTH_FILE,
-                        {"videos": {s.name: expressions_entry(s, True) for s in scenes}})
+                        {"videos": {s.name: expressions_entry(s, True, ground_truth=True) for s in scenes}})
             write_davis_ground_truth(scenes, output / DAVIS_DIR, palette)
         statistics[split] = split_statistics(scenes)
     return statistics
