@@ -200,12 +200,12 @@ def build_backbone(
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
-    options = {"from_scratch": True} if from_scratch else {}
     if from_scratch and name not in RESNET_CHANNELS:
         raise ValueError(f"--backbone_from_scratch applies to the ResNet backbones, not {name!r} (Swin backbones "
                          "always train every stage, with LayerNorm)")
+    resnet_only = {"from_scratch": True} if from_scratch else {}  # the Swin builders take no such option
     body = BACKBONES[name](
         name, train_backbone=train_backbone, dilation=dilation, pretrained_path=pretrained_path,
-        use_checkpoint=use_checkpoint, **options,
+        use_checkpoint=use_checkpoint, **resnet_only,
     )
     return Joiner(body, PositionEmbeddingSine(hidden_dim // 2, normalize=True))
