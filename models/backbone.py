@@ -167,9 +167,9 @@ def build_resnet(
         from util.checkpoint import load_resnet_imagenet_weights
 
         load_resnet_imagenet_weights(body, pretrained_path)
-    trainable_stages = ("",) if from_scratch else RESNET_TRAINABLE_STAGES
     for param_name, parameter in body.named_parameters():
-        if not train_backbone or not any(stage in param_name for stage in trainable_stages):
+        trainable = from_scratch or any(stage in param_name for stage in RESNET_TRAINABLE_STAGES)
+        if not train_backbone or not trainable:
             parameter.requires_grad_(False)
     strides = [4, 8, 16, 16 if dilation else 32]
     return BackboneBody(body, strides=strides, num_channels=list(RESNET_CHANNELS[name]))
