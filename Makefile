@@ -19,7 +19,7 @@ venv: $(STAMP)
 quickstart: $(STAMP)
 	$(VPY) tools/quickstart.py
 
-# All tests on the CPU (reads the golden data in ../shared/reference).
+# All tests on the CPU (the golden reference data is in tests/golden/).
 test: $(STAMP)
 	$(VPY) -m pytest -q
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 FRAMES, HEIGHT, WIDTH = 5, 360, 640
-REFERENCE = ROOT.parent / "shared" / "reference"
+REFERENCE = ROOT / "tests" / "golden"
 # (row name, backbone, --amp, --use_checkpoint)
 CONFIGS = (
     ("R50 fp32", "resnet50", False, False),

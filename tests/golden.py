@@ -1,6 +1,6 @@
 """Access to the golden reference data made by running the original ReferFormer.
 
-The data lives in ``../shared/reference`` relative to the repository root (see its README).
+The data lives in ``tests/golden/`` (see its README).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = ROOT.parent / "shared" / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parent / "golden"
 TOKENIZER_DIR = REFERENCE_DIR / "tokenizer"
 
 
@@ -18,7 +18,7 @@ def load_case(name: str) -> dict:
     """Load one golden case file (``weights_only=True``)."""
     path = REFERENCE_DIR / name
     if not path.is_file():
-        raise FileNotFoundError(f"golden case {path} not found; ../shared/reference must sit beside the repository")
+        raise FileNotFoundError(f"golden case {path} not found (see tests/golden/README.md)")
     return torch.load(path, weights_only=True)
 
 

@@ -2,7 +2,7 @@
 
     python tools/run_reference_case.py CASE.pt OUT.pt [--tokenizer DIR] [--threads N] [--repeat N]
 
-The case format is described in ``../shared/reference/README.md``. The model is built from the
+The case format is described in ``tests/golden/README.md``. The model is built from the
 case's stored options (``opts``) and tiny text-encoder config, every weight is filled by the
 README's deterministic rule, and the case's inputs are run in the case's mode. ``OUT.pt`` holds
 ``{"outputs": ...}`` with the same keys and layout as the case's outputs (plus ``intermediates``
@@ -40,7 +40,7 @@ from models.text_encoder import load_tokenizer, text_encoder_from_config  # noqa
 from opts import get_args_parser  # noqa: E402
 from util.nested_tensor import NestedTensor  # noqa: E402
 
-DEFAULT_TOKENIZER = ROOT.parent / "shared" / "reference" / "tokenizer"
+DEFAULT_TOKENIZER = ROOT / "tests" / "golden" / "tokenizer"
 # Gradients stored for a train case that names none (the README's list); large ones as first rows.
 DEFAULT_GRAD_NAMES = (
     "backbone.0.body.layer2.0.conv1.weight", "backbone.0.body.layer4.2.conv3.weight", "input_proj.0.0.weight",

@@ -1,6 +1,6 @@
 """Postprocessors and video-inference helpers: hand-checked cases and parity with the original.
 
-Golden data: ``postprocess_r50.pt`` (see ``../shared/reference/README.md``). Tolerances follow
+Golden data: ``postprocess_r50.pt`` (see ``tests/golden/README.md``). Tolerances follow
 that README: scores ``atol=1e-6``; binary masks, RLEs and label maps exact, except pixels whose
 probability lies within ``THRESHOLD_MARGIN`` of the 0.5 threshold (float rounding in a different
 interpolation kernel could flip them), of which at most ``MAX_NEAR_THRESHOLD_FLIPS`` may differ.
