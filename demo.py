@@ -1,7 +1,6 @@
 """Segment the object a sentence refers to in any video: a video file or a folder of frames.
 
     python demo.py --video clip.mp4 --text "a person riding a bike" --checkpoint weights/ytvos_r50.pth \\
-        --backbone resnet50 --with_box_refine --binary --freeze_text_encoder \\
         --text_encoder weights/roberta-base --output_dir demo_output
 
 writes into ``--output_dir``:
@@ -12,8 +11,11 @@ writes into ``--output_dir``:
     frames/<frame>.png    the decoded frames (video files only)
 
 ``--video`` is a video file (mp4, avi, webm, … anything FFmpeg decodes) or a folder of images
-(jpg/png, in name order). The model flags must be the ones the checkpoint was trained with (the
-quick start prints its own). Preprocessing and query selection are those of ``inference_ytvos.py``
+(jpg/png, in name order). ``--checkpoint`` is a checkpoint file (official or ``main.py``'s), a model
+folder (``tools/export_model.py``) or a Hugging Face Hub id; the model is built with the options
+stored with it, so no model flag is needed (a given one must agree with them; ``--text_encoder`` may
+point to another copy of the text encoder the checkpoint names). Preprocessing and query selection
+are those of ``inference_ytvos.py``
 (the shared :class:`~models.predictor.VideoPredictor`): frames resized to a short side of
 ``--short_side`` (default 360), one query chosen for each clip. The video runs in clips of
 ``--clip_len`` frames (default 36, as Ref-DAVIS17 inference; 0: the whole video in one pass, as
@@ -31,7 +33,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from opts import get_args_parser, validate_args
+from opts import inference_parser, validate_args
 from util.logger import setup_logging
 from util.video import DEFAULT_FPS, read_video, write_mp4
 from video_inference import InferenceTask, OutputGroup, VideoInferenceRunner, VideoJob, remove_partial_root
@@ -49,12 +51,17 @@ LOG_FILE = "demo.log"
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("ReferFormer demo: any video + a sentence → masks and overlays",
-                                     parents=[get_args_parser(add_help=False)])
+    parser = inference_parser(
+        "demo.py",
+        "Segment the object a sentence refers to in any video (a video file or a folder of frames): masks and "
+        "overlays. The model options are read from the checkpoint.",
+    )
     demo = parser.add_argument_group("demo")
     demo.add_argument("--video", required=True, help="video file (mp4, avi, webm, …) or folder of frames")
     demo.add_argument("--text", required=True, help="the referring expression, e.g. 'the red car on the left'")
-    demo.add_argument("--checkpoint", required=True, help="model checkpoint (official or trained with main.py)")
+    demo.add_argument("--checkpoint", required=True,
+                      help="the model: a checkpoint file (official or trained with main.py), a model folder "
+                           "(tools/export_model.py) or a Hugging Face Hub id (owner/name)")
     demo.add_argument("--clip_len", default=DEMO_CLIP_LEN, type=int,
                       help="frames per forward pass, one query chosen per clip (0: the whole video at once)")
     parser.set_defaults(device="cuda" if torch.cuda.is_available() else "cpu", output_dir="demo_output")
@@ -87,16 +94,21 @@ def input_frames(video: Path, output_dir: Path) -> tuple[list[Path], float]:
     return paths, fps
 
 
-def check_inputs(args: argparse.Namespace) -> None:
-    """Fail before any work on an empty text, a missing checkpoint or video, or a bad clip length."""
+def check_inputs(args: argparse.Namespace) -> Path:
+    """Fail before any work on an empty text, a missing checkpoint or video, or a bad clip length.
+
+    Returns:
+        the local checkpoint file or model folder (a Hub id is fetched into the Hugging Face cache).
+    """
+    from models.pretrained import resolve_source
+
     if not args.text.strip():
         raise ValueError("--text is empty: give the sentence that describes the object to segment")
-    if not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist or is not a file (--checkpoint)")
     if not Path(args.video).exists():
         raise FileNotFoundError(f"video {args.video} does not exist (--video: a video file or a folder of frames)")
     if args.clip_len < 0:
         raise ValueError(f"--clip_len must be 0 (whole video) or positive, got {args.clip_len}")
+    return resolve_source(args.checkpoint)  # last: a Hub id may be downloaded
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
@@ -105,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
     args = get_parser().parse_args(argv)
     validate_args(args)
-    check_inputs(args)
+    checkpoint = check_inputs(args)
     output_dir = Path(args.output_dir)
     outputs = {"masks": output_dir / MASKS_DIR, "overlay": output_dir / OVERLAY_DIR,
                "gif": output_dir / f"{OVERLAY_DIR}.gif", "mp4": output_dir / f"{OVERLAY_DIR}.mp4"}
@@ -119,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
     frames, fps = input_frames(Path(args.video), output_dir)
     logger.info("%s: %d frames; text: %r; device %s", args.video, len(frames), args.text, args.device)
-    predictor = load_predictor(args, args.checkpoint, args.device)
+    predictor = load_predictor(args, checkpoint, args.device)
     job = VideoJob(
         video=Path(args.video).name,
         frame_paths=tuple(frames),

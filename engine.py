@@ -1,6 +1,6 @@
 """The loops: :func:`train_one_epoch` and the generic :func:`evaluate`.
 
-Training follows the original (spec 5): forward, criterion, weighted sum of the losses; the
+Training follows the original: forward, criterion, weighted sum of the losses; the
 losses are averaged over processes for logging and training stops if that average is not
 finite; backward, gradient clipping, optimizer step. New here: gradient accumulation over
 ``accum_iter`` batches, mixed precision, starting part-way through an epoch, and a callback
@@ -47,7 +47,7 @@ def _to_float32(value: Any) -> Any:
 def gradient_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> Tensor:
     """Total L2 norm of the gradients, clipping them to ``max_norm`` first if ``max_norm > 0``.
 
-    The norm is returned in both cases (the original returned nothing without clipping, quirk 24).
+    The norm is returned in both cases (the original returned nothing without clipping).
     """
     parameters = [p for p in parameters if p.grad is not None]
     if max_norm > 0:

@@ -38,7 +38,7 @@ DEFAULT_DAVIS_PATH = "data/ref-davis/DAVIS"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The original's flags plus ``--recompute``; unknown flags are ignored."""
-    parser = argparse.ArgumentParser(description="DAVIS-2017 J&F evaluation of a results folder")
+    parser = argparse.ArgumentParser(prog="eval_davis.py", description="DAVIS-2017 J&F evaluation of a results folder")
     parser.add_argument(
         "--davis_path",
         default=DEFAULT_DAVIS_PATH,

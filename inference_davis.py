@@ -1,16 +1,17 @@
 """Ref-DAVIS17 inference: one palette label map per frame and annotator, then J&F per annotator and their mean.
 
-    python inference_davis.py --binary --with_box_refine --freeze_text_encoder \\
-        --resume weights/ytvos_r50.pth --davis_path data/ref-davis --output_dir output/davis_r50 \\
-        --text_encoder weights/roberta-base --ngpu 1 --device cuda
+    python inference_davis.py --resume weights/ytvos_r50.pth --davis_path data/ref-davis \\
+        --output_dir output/davis_r50 --text_encoder weights/roberta-base --ngpu 1 --device cuda
 
-Expression ``4k + a`` of a video is object k as described by annotator a (spec 4.2). For each
+Expression ``4k + a`` of a video is object k as described by annotator a. For each
 annotator the video runs in clips of 36 frames with the query chosen per clip, the objects'
 probabilities are merged with the original's background rule, and
 ``<output_dir>/<split>/anno_<a>/<video>/<frame index:05d>.png`` is written. If the DAVIS
 ground truth is at ``<davis_path>/DAVIS``, ``eval_davis.py`` then scores every annotator and
 their mean (the reported Ref-DAVIS17 number). A rerun of the same command skips finished
-(video, annotator) folders. ``--visualize`` adds label overlays and a GIF per annotator and video.
+(video, annotator) folders. ``--resume`` is a checkpoint file, a model folder or a Hugging Face
+Hub id, whose stored options build the model; ``--resume auto`` predicts with the newest complete
+checkpoint of ``--output_dir``. ``--visualize`` adds label overlays and a GIF per annotator and video.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from datasets.meta import ANNOTATIONS_DIR, frame_path, meta_expressions_path, read_meta_expressions
-from opts import get_args_parser, validate_args
+from opts import inference_parser, validate_args
 from util.visualize import load_palette
 from video_inference import (
     InferenceTask,
@@ -29,6 +30,7 @@ from video_inference import (
     RunSummary,
     VideoInferenceRunner,
     VideoJob,
+    inference_checkpoint,
     launch,
     missing_outputs,
     process_device,
@@ -50,7 +52,12 @@ DAVIS_GROUND_TRUTH_DIR = "DAVIS"
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("ReferFormer Ref-DAVIS17 inference", parents=[get_args_parser(add_help=False)])
+    parser = inference_parser(
+        "inference_davis.py",
+        "Ref-DAVIS17 inference: palette label maps for every annotator's expressions, then J&F per annotator and "
+        "their mean when the DAVIS ground truth is present. --resume: a checkpoint file, a model folder or a Hugging "
+        "Face Hub id; the model options are read from it.",
+    )
     parser.set_defaults(dataset_file="davis")
     return parser
 
@@ -96,7 +103,7 @@ def _worker(rank: int, world_size: int, args: argparse.Namespace) -> RunSummary:
     setup_logging(args.output_dir, rank)
     device = process_device(args, int(os.environ.get("LOCAL_RANK", rank)), world_size)
     jobs = shard(davis_jobs(args.davis_path, args.split), rank, world_size)
-    predictor = load_predictor(args, args.resume, device, args.expressions_per_batch)
+    predictor = load_predictor(args, inference_checkpoint(args), device, args.expressions_per_batch)
     palette = load_palette(Path(args.davis_path, args.split, ANNOTATIONS_DIR, *PALETTE_SOURCE))
     output_dir = Path(args.output_dir)
     task = InferenceTask(clip_len=DAVIS_CLIP_LEN, merge_objects=True, palette=palette)
@@ -123,9 +130,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float] | None:
     """Predict every video, then evaluate; returns the mean global scores (None without ground truth)."""
     args = get_parser().parse_args(argv)
     validate_args(args)
-    if not args.resume:
-        raise ValueError("pass the model checkpoint with --resume")
+    checkpoint = inference_checkpoint(args)  # a missing checkpoint fails before any work
     setup_logging(args.output_dir)
+    logger.info("checkpoint: %s", checkpoint)
     jobs = davis_jobs(args.davis_path, args.split)
     logger.info("Ref-DAVIS17 %s: %d videos, %d expressions", args.split, len(jobs), sum(len(j.captions) for j in jobs))
     is_main, summary = launch(_worker, args)

@@ -1,14 +1,16 @@
 """Ref-YouTube-VOS inference: masks for every expression in the CodaLab layout, and the submission zip.
 
-    python inference_ytvos.py --binary --with_box_refine --freeze_text_encoder \\
-        --resume weights/ytvos_r50.pth --ytvos_path data/ref-youtube-vos --output_dir output/ytvos_r50 \\
-        --text_encoder weights/roberta-base --ngpu 1 --device cuda
+    python inference_ytvos.py --resume weights/ytvos_r50.pth --ytvos_path data/ref-youtube-vos \\
+        --output_dir output/ytvos_r50 --text_encoder weights/roberta-base --ngpu 1 --device cuda
 
 writes ``<output_dir>/<split>/Annotations/<video>/<exp_id>/<frame>.png`` (0/255 grayscale, the
 original frame size) and zips them into ``<output_dir>/submission-<split>.zip`` holding
 ``Annotations/<video>/<exp_id>/<frame>.png``, ready to upload. The videos of ``--split valid``
-are the 202 of the valid expression file that are not in the test file (spec 4.1). A rerun of the
-same command skips finished expressions. ``--visualize`` adds
+are the 202 of the valid expression file that are not in the test file. A rerun of the
+same command skips finished expressions. ``--resume`` is a checkpoint file, a model folder or a
+Hugging Face Hub id, whose stored options build the model (no model flag needed); ``--resume
+auto`` predicts with the newest complete checkpoint of ``--output_dir`` (where ``main.py``
+trained). ``--visualize`` adds
 ``<output_dir>/<split>_images/<video>/<expression index>/<frame>.png`` and one GIF per expression.
 """
 from __future__ import annotations
@@ -16,24 +18,24 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import zipfile
 from pathlib import Path
 from typing import Sequence
 
 from datasets.meta import frame_path, meta_expressions_path, ytvos_split_videos
-from opts import get_args_parser, validate_args
+from opts import inference_parser, validate_args
 from video_inference import (
     InferenceTask,
     OutputGroup,
     RunSummary,
     VideoInferenceRunner,
     VideoJob,
+    inference_checkpoint,
     launch,
-    missing_outputs,
     process_device,
     remove_partial_root,
     setup_logging,
     shard,
+    write_submission_zip,
 )
 
 logger = logging.getLogger("inference_ytvos")
@@ -42,7 +44,12 @@ ANNOTATIONS_DIR = "Annotations"
 
 
 def get_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser("ReferFormer Ref-YouTube-VOS inference", parents=[get_args_parser(add_help=False)])
+    return inference_parser(
+        "inference_ytvos.py",
+        "Ref-YouTube-VOS inference: predict a mask for every expression of --split and zip them for the "
+        "competition server. --resume: a checkpoint file, a model folder or a Hugging Face Hub id; the model options "
+        "are read from it.",
+    )
 
 
 def ytvos_jobs(ytvos_path: str | Path, split: str) -> list[VideoJob]:
@@ -71,37 +78,13 @@ def ytvos_jobs(ytvos_path: str | Path, split: str) -> list[VideoJob]:
     return jobs
 
 
-def write_submission_zip(output_root: Path, jobs: Sequence[VideoJob], zip_path: Path) -> int:
-    """Zip every expected PNG as ``Annotations/<video>/<exp_id>/<frame>.png`` (atomically); returns the count.
-
-    Raises:
-        FileNotFoundError: some predictions are missing (listing the first ones).
-    """
-    missing = missing_outputs(output_root, jobs)
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} predictions are missing under {output_root}, e.g. {missing[:5]}; rerun the same command"
-        )
-    partial = zip_path.with_name(zip_path.name + ".partial")
-    count = 0
-    # PNGs are already compressed: store them.
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
-        for job in jobs:
-            for group in job.groups:
-                for name in job.output_names:
-                    archive.write(output_root / group.folder / f"{name}.png", arcname=f"{group.folder}/{name}.png")
-                    count += 1
-    os.replace(partial, zip_path)
-    return count
-
-
 def _worker(rank: int, world_size: int, args: argparse.Namespace) -> RunSummary:
     from models.predictor import load_predictor
 
     setup_logging(args.output_dir, rank)
     device = process_device(args, int(os.environ.get("LOCAL_RANK", rank)), world_size)
     jobs = shard(ytvos_jobs(args.ytvos_path, args.split), rank, world_size)
-    predictor = load_predictor(args, args.resume, device, args.expressions_per_batch)
+    predictor = load_predictor(args, inference_checkpoint(args), device, args.expressions_per_batch)
     output_dir = Path(args.output_dir)
     task = InferenceTask(clip_len=None, merge_objects=False, threshold=args.threshold)
     runner = VideoInferenceRunner(
@@ -115,9 +98,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     """Predict, then zip; returns the path of the submission zip."""
     args = get_parser().parse_args(argv)
     validate_args(args)
-    if not args.resume:
-        raise ValueError("pass the model checkpoint with --resume")
+    checkpoint = inference_checkpoint(args)  # a missing checkpoint fails before any work
     setup_logging(args.output_dir)
+    logger.info("checkpoint: %s", checkpoint)
     jobs = ytvos_jobs(args.ytvos_path, args.split)  # reads the metadata once up front: errors before any work
     logger.info("Ref-YouTube-VOS %s: %d videos, %d expressions", args.split, len(jobs), sum(len(j.groups) for j in jobs))
     is_main, summary = launch(_worker, args)

@@ -1,22 +1,27 @@
 """Train and evaluate ReferFormer on every dataset (one process, or ``torchrun --nproc_per_node N``).
 
     python main.py --dataset_file ytvos --with_box_refine --binary --freeze_text_encoder \\
-        --output_dir output/ytvos_r50 --pretrained_weights r50_pretrained.pth --epochs 6 --lr_drop 3 5
+        --output_dir output/ytvos_r50 --pretrained_weights pretrained_weights/r50_pretrained.pth --epochs 6 --lr_drop 3 5
     python main.py --dataset_file a2d --with_box_refine --freeze_text_encoder --batch_size 2 \\
-        --output_dir output/a2d_r50 --pretrained_weights r50_pretrained.pth --epochs 6 --lr_drop 3 5
-    python main.py --dataset_file jhmdb --with_box_refine --freeze_text_encoder --resume a2d_r50.pth --eval
+        --backbone video_swin_t_p4w7 --output_dir output/a2d_video_swin_tiny \\
+        --pretrained_weights pretrained_weights/video_swin_tiny_pretrained.pth --epochs 6 --lr_drop 3 5
+    python main.py --dataset_file jhmdb --resume a2d_video_swin_tiny.pth --eval
 
 ``--dataset_file``: ``ytvos``, ``davis``, ``ref_shapes`` (the quick start), ``a2d``, ``refcoco``,
 ``refcoco+``, ``refcocog``, ``all`` (RefCOCO/+/g pretraining on their concatenation), ``joint``
-(RefCOCO/+/g as pseudo-videos with Ref-YouTube-VOS); ``jhmdb`` is evaluated only.
+(RefCOCO/+/g as pseudo-videos with Ref-YouTube-VOS), ``mevis`` (MeViS), ``mevis_ytvos`` (MeViS with
+Ref-YouTube-VOS); ``jhmdb`` is evaluated only.
 
-The recipe: seed → build the model → parameter groups → data → resume → epochs → logs.
+The recipe: seed → build the model → its starting weights → parameter groups → data → resume →
+epochs → logs. A ResNet backbone trained afresh starts from torchvision's ImageNet weights, as in
+the original (:func:`imagenet_start_weights`).
 Each epoch writes ``checkpoint.pth`` and ``checkpointNNNN.pth`` (``--save_every_iters`` also
 saves ``checkpoint.pth`` during an epoch) and appends a line to ``log.txt``; ``--resume auto``
 continues from the newest complete checkpoint of ``--output_dir``. A2D and RefCOCO runs are
 evaluated after every epoch (``eval_epochNNNN.json``, and ``test_*`` keys in ``log.txt``);
-``--eval`` only evaluates the ``--resume`` weights (``eval.json``). See docs/training.md and
-docs/evaluation.md.
+``--eval`` only evaluates the ``--resume`` weights (``eval.json``), building the model with the options
+stored with them where the command line does not give them. See docs/training.md (recipes,
+outputs, evaluation metrics) and docs/model_zoo.md (the released models).
 """
 from __future__ import annotations
 
@@ -35,9 +40,12 @@ from datasets import build_dataset, build_evaluations
 from datasets.loader import build_eval_loader, build_train_loader, set_loader_epoch
 from engine import Evaluator, evaluate, train_one_epoch
 from models import build_model
+from models.backbone import RESNET_CHANNELS, resnet_imagenet_weights
 from opts import EVALUATION_DATASETS, get_args_parser, validate_args
+from models.pretrained import load_trained_model
 from util.checkpoint import (LATEST_CHECKPOINT, epoch_checkpoint_name, find_latest_checkpoint, load_checkpoint,
-                             load_model_state, load_pretrained_weights, model_state_from_checkpoint, save_checkpoint)
+                             load_pretrained_weights, load_resnet_imagenet_weights, save_checkpoint,
+                             torchvision_weights_file)
 from util.dist import DistributedInfo, barrier, init_distributed_mode
 from util.logger import MetricLogger, append_json_line, format_metrics, setup_logging
 from util.optim import build_optimizer
@@ -50,7 +58,7 @@ EPOCH_LOG = "log.txt"
 ITERATION_LOG = "log_iter.txt"
 ARGS_FILE = "args.json"
 EVAL_FILE = "eval.json"
-# jhmdb has no training set: the A2D model is evaluated on it (spec 5).
+# jhmdb has no training set: the A2D model is evaluated on it (as in the original's papers and scripts).
 EVALUATION_ONLY_DATASETS = ("jhmdb",)
 
 
@@ -114,22 +122,43 @@ def write_results(path: Path, results: dict[str, float]) -> None:
     logger.info("wrote %s", path)
 
 
-def evaluate_only(model: torch.nn.Module, args: argparse.Namespace, device: torch.device,
-                  dist_info: DistributedInfo, output_dir: Path) -> dict[str, float]:
-    """``--eval``: load the ``--resume`` weights (strictly) and evaluate them."""
+def evaluate_only(args: argparse.Namespace, device: torch.device, dist_info: DistributedInfo,
+                  output_dir: Path) -> dict[str, float]:
+    """``--eval``: the model of the ``--resume`` weights (a checkpoint file, a model folder or a Hugging Face Hub
+    id), built with the options stored with them where the command line does not give them, evaluated."""
     checkpoint_path = find_latest_checkpoint(output_dir) if args.resume == "auto" else args.resume
     if not checkpoint_path:
         raise ValueError("--eval needs the weights to evaluate: --resume PATH (or 'auto' with a checkpoint in "
                          f"{output_dir})")
-    checkpoint = load_checkpoint(checkpoint_path, weights_only=not args.unsafe_load)
-    load_model_state(model, model_state_from_checkpoint(checkpoint, source=str(checkpoint_path)),
-                     source=str(checkpoint_path))
-    del checkpoint
+    model, args = load_trained_model(args, checkpoint_path)
     logger.info("evaluating the weights of %s", checkpoint_path)
     results = run_evaluations(model.to(device), build_evaluation_loaders(args, device, dist_info), device)
     if dist_info.rank == 0:
         write_results(output_dir / EVAL_FILE, results)
     return results
+
+
+def imagenet_start_weights(args: argparse.Namespace, resume_path: str | Path | None,
+                           dist_info: DistributedInfo) -> Path | None:
+    """The torchvision ImageNet file a ResNet backbone starts training from, or None (training only).
+
+    As in the original (``resnet50(pretrained=True)``), a ResNet starts from ``IMAGENET1K_V1``,
+    unless ``--backbone_from_scratch`` asks for random weights, ``--backbone_pretrained`` names its own
+    file, or ``--pretrained_weights`` / a resumed checkpoint (``resume_path``) replaces every weight
+    anyway. The file comes from the torch hub cache; the first process of each machine downloads it
+    when it is missing while the others wait.
+
+    Raises:
+        FileNotFoundError: the file is neither cached nor downloadable (naming where to put it).
+    """
+    if (args.backbone not in RESNET_CHANNELS or args.backbone_from_scratch or args.backbone_pretrained
+            or args.pretrained_weights or resume_path is not None):
+        return None
+    weights = resnet_imagenet_weights(args.backbone)
+    if dist_info.local_rank == 0:
+        torchvision_weights_file(weights, download=True)
+    barrier()
+    return torchvision_weights_file(weights, download=False)
 
 
 def main(args: argparse.Namespace) -> dict[str, float] | None:
@@ -138,7 +167,7 @@ def main(args: argparse.Namespace) -> dict[str, float] | None:
     if args.dataset_file in EVALUATION_ONLY_DATASETS and not args.eval:
         raise ValueError(f"--dataset_file {args.dataset_file} has no training set; evaluate an A2D model on it "
                          "with --eval --resume A2D_CHECKPOINT")
-    dist_info = init_distributed_mode(args.device, args.dist_url)
+    dist_info = init_distributed_mode(args.device, args.dist_url, args.local_rank)
     main_process = dist_info.rank == 0
     output_dir = Path(args.output_dir)
     if main_process:
@@ -148,13 +177,21 @@ def main(args: argparse.Namespace) -> dict[str, float] | None:
     device = resolve_device(args.device, dist_info)
     seed_everything(args.seed + dist_info.rank)
 
-    # model, loss and optimizer
-    model, criterion, _ = build_model(args)
     if args.eval:
-        results = evaluate_only(model, args, device, dist_info, output_dir)
+        results = evaluate_only(args, device, dist_info, output_dir)
         if dist_info.distributed:
             torch.distributed.destroy_process_group()
         return results
+
+    # model, loss and optimizer
+    model, criterion, _ = build_model(args)
+    resume_path = find_latest_checkpoint(output_dir) if args.resume == "auto" else (args.resume or None)
+    if args.resume == "auto" and resume_path is None:
+        logger.info("--resume auto: no checkpoint in %s, starting from scratch", output_dir)
+    imagenet_file = imagenet_start_weights(args, resume_path, dist_info)
+    if imagenet_file is not None:
+        load_resnet_imagenet_weights(model.backbone[0].body, imagenet_file)  # checkpoint prefix backbone.0.body
+        logger.info("the %s backbone starts from torchvision's ImageNet weights %s", args.backbone, imagenet_file)
     if args.pretrained_weights:
         load_pretrained_weights(model, args.pretrained_weights, weights_only=not args.unsafe_load)
         logger.info("loaded pretrained weights (without the class head) from %s", args.pretrained_weights)
@@ -181,9 +218,6 @@ def main(args: argparse.Namespace) -> dict[str, float] | None:
 
     # resume
     progress = TrainingProgress(start_epoch=args.start_epoch)
-    resume_path = find_latest_checkpoint(output_dir) if args.resume == "auto" else (args.resume or None)
-    if args.resume == "auto" and resume_path is None:
-        logger.info("--resume auto: no checkpoint in %s, starting from scratch", output_dir)
     if resume_path is not None:
         checkpoint = load_checkpoint(resume_path, weights_only=not args.unsafe_load)
         progress = restore_training_state(

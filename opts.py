@@ -10,20 +10,33 @@ its scripts and recipes run unchanged. Differences, all documented in the flag's
 * New: ``--text_encoder`` (where RoBERTa and its tokenizer come from) and ``--unsafe_load``
   (allow pickled objects in checkpoints).
 
-:func:`validate_args` rejects combinations the original could not run, and
-:func:`num_classes_for` gives the class-head size K for the options.
+:func:`get_args_parser` is ``main.py``'s parser; :func:`inference_parser` gives the inference scripts
+and the demo the same options with only those that matter to them listed in ``--help``.
+:func:`validate_args` rejects combinations the original could not run, :func:`num_classes_for`
+gives the class-head size K for the options, and :func:`describe_model_option_differences` names
+the model options a checkpoint was trained with that differ from a run's.
+
+Both parsers record which options the command line gave (``args.given_options``, see
+:class:`OptionParser`): an entry point that loads weights builds the model with the model options
+stored with them (:data:`STORED_MODEL_OPTIONS`) wherever the command line does not give one, and
+:func:`merge_model_options` rejects a given flag that contradicts them.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 # "ref_shapes": the synthetic quick-start dataset (tools/data/make_ref_shapes.py), Ref-YTVOS layout.
-DATASETS = ("ytvos", "davis", "ref_shapes", "a2d", "jhmdb", "refcoco", "refcoco+", "refcocog", "all", "joint")
+DATASETS = ("ytvos", "davis", "ref_shapes", "a2d", "jhmdb", "refcoco", "refcoco+", "refcocog", "all", "joint", "mevis",
+            "mevis_ytvos")
+# Joint training sets whose parts label objects differently: the model must be binary.
+BINARY_ONLY_DATASETS = ("joint", "mevis_ytvos")
 
-# Class counts K of the class head (spec 3.3). The video datasets' counts are the lengths of their
+# Class counts K of the class head. The video datasets' counts are the lengths of their
 # category tables (datasets/categories.py); RefCOCO uses raw COCO category ids (1..90) as class indices.
 COCO_NUM_CLASSES = 91
 # --binary and A2D/JHMDB: one "referred object" class.
@@ -42,14 +55,78 @@ INPUT_PROJ_GROUPS = 32
 # (channels → 1 mask logit); a single layer would output dynamic_mask_channels logits.
 MIN_CONTROLLER_LAYERS = 2
 
+# Options that change the model's parameter names or shapes, or what it computes: a checkpoint fits only a
+# model built with the values it was trained with. Not here: --backbone_from_scratch (its BatchNorm and
+# the default FrozenBatchNorm have the same parameters and compute the same in evaluation) and
+# --text_encoder (a hub name and a local copy of it name the same model differently); the class count
+# (--binary, --dataset_file) is compared through num_classes_for.
+MODEL_OPTIONS = ("backbone", "dilation", "hidden_dim", "dim_feedforward", "enc_layers", "dec_layers", "nheads",
+                 "num_queries", "num_feature_levels", "enc_n_points", "dec_n_points", "with_box_refine", "mask_dim",
+                 "controller_layers", "dynamic_mask_channels", "rel_coord")
+CLASS_COUNT_OPTIONS = ("binary", "dataset_file")
+# Model options whose weights fit either value: a flag that contradicts the checkpoint is a warning, not an error
+# (ResNet's DC5 dilation changes what the last stage computes, not its parameters).
+COMPUTE_ONLY_MODEL_OPTIONS = ("dilation",)
+# What a trained model carries besides its weights, so that it is rebuilt without flags: the model options, the
+# class count, the text encoder, and --backbone_from_scratch (which BatchNorm holds the ResNet statistics; both
+# kinds load the same keys, the ordinary one also its step counters). Runtime choices (--msda_impl, --device)
+# and training options are not model options.
+STORED_MODEL_OPTIONS = (*MODEL_OPTIONS, *CLASS_COUNT_OPTIONS, "backbone_from_scratch", "text_encoder")
+# The namespace attribute in which OptionParser records the options the command line gave.
+GIVEN_OPTIONS = "given_options"
+
+TRAINING_DESCRIPTION = ("Train ReferFormer on any dataset, or evaluate a checkpoint with --eval (A2D-Sentences, "
+                        "JHMDB-Sentences, RefCOCO/+/g).")
+# Option groups that only training reads. The inference scripts and the demo accept them, so that a
+# training command's flags can be passed on unchanged, but do not list them in --help.
+TRAINING_ONLY_GROUPS = ("optimisation", "losses and matcher", "distributed", "training (new in this re-implementation)")
+
 NO_EFFECT_HELP = "(accepted for compatibility; has no effect)"
 # Flags of the original that nothing reads; kept so that old command lines still parse.
 NO_EFFECT_FLAGS = ("max_skip", "pre_norm", "remove_difficult", "eos_coef", "cache_mode")
 
 
+class OptionParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose namespaces also say which options the command line gave.
+
+    ``args.given_options`` (:data:`GIVEN_OPTIONS`) is the sorted tuple of the option names (dests) that
+    the command line set, whatever the form (``--flag value``, ``--flag=value``, an abbreviation,
+    ``--no_rel_coord``), as opposed to those left at their defaults, even where the given value
+    equals the default.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        setattr(parsed, GIVEN_OPTIONS, tuple(sorted(self._given_dests(args))))
+        return parsed, extras
+
+    def _given_dests(self, args) -> set[str]:
+        """The dests the command line ``args`` sets: a second parse with every default suppressed leaves only them
+        in its namespace (an appending option then starts from an empty list, as without a default)."""
+        action_defaults = [(action, action.default) for action in self._actions]
+        parser_defaults = self._defaults
+        try:
+            for action, _ in action_defaults:
+                action.default = argparse.SUPPRESS
+            self._defaults = {}
+            probe, _ = super().parse_known_args(args, argparse.Namespace())
+        finally:
+            for action, default in action_defaults:
+                action.default = default
+            self._defaults = parser_defaults
+        return set(vars(probe))
+
+
+def given_options(args: argparse.Namespace) -> frozenset[str]:
+    """The options the command line gave (:class:`OptionParser`); every option of a namespace that was not
+    made by it (built in code), whose values were all chosen."""
+    given = getattr(args, GIVEN_OPTIONS, None)
+    return frozenset(vars(args) if given is None else given)
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    """The option parser. Use ``add_help=False`` to include it as a parent of another parser."""
-    parser = argparse.ArgumentParser("ReferFormer training and inference", add_help=add_help)
+    """``main.py``'s option parser. Use ``add_help=False`` to include it as a parent of another parser."""
+    parser = OptionParser(prog="main.py", description=TRAINING_DESCRIPTION, add_help=add_help)
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--lr", default=1e-4, type=float)
@@ -79,11 +156,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                        help="resnet50, resnet101, swin_{t,s,b,l}_p4w7 or video_swin_{t,s,b}_p4w7 (the paper's); "
                             "resnet18 and resnet34 for the CPU quick start")
     model.add_argument("--backbone_pretrained", default=None, type=str,
-                       help="ImageNet/Kinetics weights for a Swin/Video-Swin backbone when training from scratch")
+                       help="the backbone's own pretrained weights when training starts afresh: a torchvision "
+                            "ImageNet ResNet file (e.g. resnet50-0676ba61.pth), an ImageNet Swin or a Kinetics "
+                            "Video-Swin file. Without it a ResNet starts from torchvision's ImageNet weights "
+                            "(IMAGENET1K_V1, as the original; taken from the torch hub cache under TORCH_HOME, "
+                            "downloaded when missing) and a Swin from random weights")
     model.add_argument("--backbone_from_scratch", action="store_true",
-                       help="ResNet with random weights: every stage trains and BatchNorm uses batch statistics "
-                            "(the default freezes the stem, layer1 and all BatchNorms, which suits ImageNet weights "
-                            "only)")
+                       help="ResNet with random weights instead of ImageNet's: every stage trains and BatchNorm uses "
+                            "batch statistics (the default freezes the stem, layer1 and all BatchNorms, which suits "
+                            "ImageNet weights only)")
     model.add_argument("--use_checkpoint", action="store_true",
                        help="gradient checkpointing in Swin/Video-Swin blocks (saves memory)")
     model.add_argument("--dilation", action="store_true",
@@ -93,8 +174,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     model.add_argument("--num_feature_levels", default=4, type=int,
                        help=f"feature levels of the deformable transformer (must be {NUM_FEATURE_LEVELS})")
     model.add_argument("--text_encoder", default="roberta-base", type=str,
-                       help="Hugging Face model name, or a local directory in save_pretrained layout holding "
-                            "both the RoBERTa model and its tokenizer")
+                       help="a local directory in save_pretrained layout holding both the RoBERTa model and its "
+                            "tokenizer; a Hugging Face model name works only when that model is already in the local "
+                            "Hugging Face cache (nothing is downloaded)")
 
     transformer = parser.add_argument_group("transformer")
     transformer.add_argument("--enc_layers", default=4, type=int, help="encoder layers")
@@ -109,6 +191,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              help="queries per frame (shared by all frames of a clip)")
     transformer.add_argument("--dec_n_points", default=4, type=int, help="sampling points per head in the decoder")
     transformer.add_argument("--enc_n_points", default=4, type=int, help="sampling points per head in the encoder")
+    transformer.add_argument("--msda_impl", default="auto", choices=("auto", "triton", "pytorch", "reference"),
+                             help="implementation of the deformable-attention core (same results up to float "
+                                  "rounding): triton (a Triton kernel, CUDA only, compiled at first use), pytorch "
+                                  "(pure PyTorch, embedding_bag; fastest on the CPU), reference (pure PyTorch, "
+                                  "grid_sample). auto: triton on CUDA when Triton is importable and supports the "
+                                  "GPU and dtypes, else reference on CUDA (pytorch's backward is slow there); "
+                                  "pytorch on the CPU")
     transformer.add_argument("--pre_norm", action="store_true", help=NO_EFFECT_HELP)
     transformer.add_argument("--freeze_text_encoder", action="store_true",
                              help="do not train the text encoder (its dropout stays active in training)")
@@ -142,12 +231,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_file", default="ytvos", choices=DATASETS,
-                      help="'all': RefCOCO/+/g together (pretraining); 'joint': Ref-YTVOS + RefCOCO/+/g")
+                      help="'all': RefCOCO/+/g together (pretraining); 'joint': Ref-YTVOS + RefCOCO/+/g; 'mevis': "
+                           "MeViS (new); 'mevis_ytvos': MeViS + Ref-YTVOS (new)")
     data.add_argument("--coco_path", type=str, default="data/coco")
     data.add_argument("--ytvos_path", type=str, default="data/ref-youtube-vos")
     data.add_argument("--davis_path", type=str, default="data/ref-davis")
     data.add_argument("--a2d_path", type=str, default="data/a2d_sentences")
     data.add_argument("--jhmdb_path", type=str, default="data/jhmdb_sentences")
+    data.add_argument("--mevis_path", type=str, default="data/mevis",
+                      help="MeViS root holding train/, valid_u/ and valid/ (new: the original has no MeViS)")
     data.add_argument("--max_skip", default=3, type=int, help=NO_EFFECT_HELP)
     data.add_argument("--max_size", default=640, type=int, help="longest side of a resized frame")
     data.add_argument("--binary", action="store_true", help="one 'referred object' class instead of categories")
@@ -158,8 +250,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--device", default="cuda", help="device for training and testing")
     run.add_argument("--seed", default=42, type=int)
     run.add_argument("--resume", default="",
-                     help="checkpoint to resume from (or to evaluate with --eval); 'auto': the latest complete "
-                          "checkpoint in --output_dir, if any")
+                     help="checkpoint to resume training from, to evaluate with --eval, or to predict with "
+                          "(inference scripts); 'auto': the newest complete checkpoint in --output_dir (training "
+                          "starts afresh if there is none)")
     run.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
     run.add_argument("--eval", action="store_true", help="evaluate only (A2D/JHMDB, RefCOCO/+/g)")
     run.add_argument("--num_workers", default=4, type=int)
@@ -171,7 +264,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     test.add_argument("--threshold", default=0.5, type=float,
                       help="mask probability threshold (A2D/JHMDB evaluation always uses 0.5)")
     test.add_argument("--ngpu", default=8, type=int, help="GPUs for Ref-YTVOS / Ref-DAVIS inference")
-    test.add_argument("--split", default="valid", type=str, choices=("valid", "test"))
+    test.add_argument("--split", default="valid", type=str, choices=("valid", "test", "valid_u"),
+                      help="split to predict; valid_u: MeViS's split with released masks (inference_mevis.py)")
     test.add_argument("--visualize", action="store_true", help="also save frames with the predicted masks drawn")
     test.add_argument("--short_side", default=None, type=int,
                       help="Ref-YTVOS / Ref-DAVIS inference and demo.py: frames are resized to this short side before "
@@ -184,6 +278,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     distributed = parser.add_argument_group("distributed")
     distributed.add_argument("--world_size", default=1, type=int, help="number of distributed processes")
     distributed.add_argument("--dist_url", default="env://", help="url used to set up distributed training")
+    distributed.add_argument("--local_rank", "--local-rank", dest="local_rank", default=None, type=int,
+                             help="this process's GPU on its machine, as `python -m torch.distributed.launch` "
+                                  "without --use_env passes it; LOCAL_RANK in the environment takes precedence")
     distributed.add_argument("--cache_mode", default=False, action="store_true", help=NO_EFFECT_HELP)
 
     add_training_args(parser)
@@ -219,6 +316,26 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--amp", action="store_true",
                           help="mixed precision on CUDA (bfloat16 where supported, else float16 with loss scaling); "
                                "ignored with a warning on the CPU")
+
+
+def inference_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of an inference script or the demo (``prog``), to which it adds its own options.
+
+    Every option of :func:`get_args_parser` parses, so a checkpoint's model flags and a whole training
+    command line are accepted; ``--help`` leaves out the :data:`TRAINING_ONLY_GROUPS`.
+    """
+    parser = OptionParser(
+        prog=prog, description=description, parents=[get_args_parser(add_help=False)],
+        epilog="Options that only training reads (optimisation, losses and matcher, distributed, and the training "
+               "options new in this re-implementation) are accepted, so that a training command's flags can be "
+               "passed on unchanged, but not listed: see python main.py --help.",
+    )
+    # argparse has no public way to hide a group; a group whose options all have suppressed help is not shown.
+    for group in parser._action_groups:
+        if group.title in TRAINING_ONLY_GROUPS:
+            for action in group._group_actions:
+                action.help = argparse.SUPPRESS
+    return parser
 
 
 def training_arg_errors(args: argparse.Namespace) -> list[str]:
@@ -269,9 +386,9 @@ def validate_args(args: argparse.Namespace) -> None:
         errors.append(f"--short_side must be at least 1, got {args.short_side}")
     if args.eval and args.dataset_file not in EVALUATION_DATASETS:
         errors.append(f"--eval evaluates {', '.join(EVALUATION_DATASETS)}; --dataset_file {args.dataset_file} is "
-                      "evaluated by inference_ytvos.py / inference_davis.py")
-    if args.dataset_file == "joint" and not args.binary:
-        errors.append("--dataset_file joint needs --binary: RefCOCO and Ref-YouTube-VOS categories are different "
+                      "evaluated by inference_ytvos.py / inference_davis.py / inference_mevis.py")
+    if args.dataset_file in BINARY_ONLY_DATASETS and not args.binary:
+        errors.append(f"--dataset_file {args.dataset_file} needs --binary: its parts' categories are different "
                       "tables, so joint training has one 'referred object' class (as the original)")
     errors += training_arg_errors(args)
     if errors:
@@ -284,7 +401,7 @@ def validate_args(args: argparse.Namespace) -> None:
 
 
 def num_classes_for(args: argparse.Namespace) -> int:
-    """Size K of the class head (spec 3.3): 1 with ``--binary``, else from ``--dataset_file``."""
+    """Size K of the class head: 1 with ``--binary``, else from ``--dataset_file``."""
     # imported here: datasets/ imports this module (the caption-flip modes)
     from datasets.categories import VIDEO_CATEGORY_TABLES
 
@@ -293,3 +410,135 @@ def num_classes_for(args: argparse.Namespace) -> int:
     if args.dataset_file in VIDEO_CATEGORY_TABLES:
         return len(VIDEO_CATEGORY_TABLES[args.dataset_file])
     return COCO_NUM_CLASSES
+
+
+def describe_model_option_differences(saved: argparse.Namespace | Mapping[str, Any], current: argparse.Namespace, *,
+                                      text_encoder_differs: bool = False) -> str | None:
+    """Which model options a checkpoint was trained with differ from this run's, as flags to pass.
+
+    Args:
+        saved: the options stored in the checkpoint (``checkpoint["args"]``: the original's and
+            ``main.py``'s Namespace, or a dict). Options it lacks (older checkpoints) take this
+            parser's defaults, which are the original's behaviour.
+        current: this run's options.
+        text_encoder_differs: the checkpoint's text-encoder weights do not fit this run's model; the
+            message then names both ``--text_encoder`` values, if they differ.
+
+    Returns:
+        e.g. "The checkpoint was trained with --hidden_dim 32 --dec_layers 2; this run has --hidden_dim 64
+        --dec_layers 6. ...", comparing :data:`MODEL_OPTIONS` and, when the class counts differ,
+        :data:`CLASS_COUNT_OPTIONS`; None when nothing differs.
+    """
+    parser = get_args_parser(add_help=False)
+    stored = dict(saved) if isinstance(saved, Mapping) else vars(saved)
+    saved = argparse.Namespace(**{**vars(parser.parse_args([])), **stored})
+    differing = [dest for dest in MODEL_OPTIONS if getattr(saved, dest) != getattr(current, dest)]
+    if num_classes_for(saved) != num_classes_for(current):
+        differing += [dest for dest in CLASS_COUNT_OPTIONS if getattr(saved, dest) != getattr(current, dest)]
+    actions = {action.dest: action for action in parser._actions}
+
+    def flags(args: argparse.Namespace) -> str:
+        return " ".join(_as_flag(actions[dest], getattr(args, dest)) for dest in differing)
+
+    sentences = []
+    if differing:
+        sentences.append(f"The checkpoint was trained with {flags(saved)}; this run has {flags(current)}. Pass the "
+                         "checkpoint's values: the model options must be the ones it was trained with.")
+    if text_encoder_differs and saved.text_encoder != current.text_encoder:
+        sentences.append(f"Its text encoder does not fit --text_encoder {current.text_encoder} (it was trained with "
+                         f"--text_encoder {saved.text_encoder}).")
+    return " ".join(sentences) or None
+
+
+def _as_flag(action: argparse.Action, value: Any) -> str:
+    """``value`` of ``action`` as on a command line: ``--flag value``, ``--switch``, or ``(no --switch)``."""
+    flag = action.option_strings[0]
+    if action.nargs == 0:  # store_true / store_false
+        return flag if value == action.const else f"(no {flag})"
+    return f"{flag} {value}"
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :data:`STORED_MODEL_OPTIONS` of ``args``: what a trained model records to be rebuilt without flags."""
+    return {dest: getattr(args, dest) for dest in STORED_MODEL_OPTIONS}
+
+
+def class_count_options(num_classes: int, dataset_file: str) -> dict[str, Any]:
+    """``--binary`` and ``--dataset_file`` for a class head of ``num_classes`` (K), keeping ``dataset_file`` if it fits.
+
+    For weights that do not record their options: K = 1 is ``--binary``; any other K is the first dataset
+    whose class count it is (``dataset_file`` first).
+
+    Raises:
+        ValueError: no dataset has K classes.
+    """
+    if num_classes == BINARY_NUM_CLASSES:
+        return {"binary": True, "dataset_file": dataset_file}
+    for candidate in (dataset_file, *DATASETS):
+        if num_classes_for(argparse.Namespace(binary=False, dataset_file=candidate)) == num_classes:
+            return {"binary": False, "dataset_file": candidate}
+    counts = {name: num_classes_for(argparse.Namespace(binary=False, dataset_file=name)) for name in DATASETS}
+    raise ValueError(f"a class head of {num_classes} classes fits no --dataset_file (class counts: --binary 1, "
+                     + ", ".join(f"{name} {count}" for name, count in counts.items()) + ")")
+
+
+def merge_model_options(args: argparse.Namespace, stored: Mapping[str, Any], *, source: str,
+                        inferred: bool = False) -> argparse.Namespace:
+    """This run's options, with the model options stored with a model wherever the command line does not give them.
+
+    Args:
+        args: this run's options. The options the command line gave are :func:`given_options`: all of them
+            for a namespace built in code.
+        stored: the options a checkpoint or model folder records (``checkpoint["args"]`` or ``config.json``;
+            only :data:`STORED_MODEL_OPTIONS` are read), or with ``inferred`` those read off its weights.
+        source: the checkpoint or folder, for messages.
+        inferred: ``stored`` was read off the weights' keys and shapes. Options it lacks are then unknown
+            (this run's value is kept); otherwise they take this parser's defaults, which are the
+            original's behaviour (its checkpoints lack this re-implementation's options).
+
+    Returns:
+        A new namespace: ``args`` with the stored :data:`MODEL_OPTIONS`, ``--backbone_from_scratch``,
+        ``--text_encoder`` and ``--binary`` where the command line does not give them, and the stored
+        ``--dataset_file`` where this run's would give another class count and is not given either.
+
+    Raises:
+        ValueError: given flags contradict stored options that shape the weights (naming both values; the
+            weights could not load). A contradicted :data:`COMPUTE_ONLY_MODEL_OPTIONS` option is logged as a
+            warning and this run's value kept, as is a given ``--text_encoder`` (logged).
+    """
+    fallback = vars(args) if inferred else vars(get_args_parser(add_help=False).parse_args([]))
+    saved = {dest: stored[dest] if dest in stored else fallback[dest] for dest in STORED_MODEL_OPTIONS}
+    given = given_options(args)
+    merged = dict(vars(args))
+    for dest in (*MODEL_OPTIONS, "backbone_from_scratch", "text_encoder", "binary"):
+        if dest not in given:
+            merged[dest] = saved[dest]
+    if num_classes_for(argparse.Namespace(**merged)) != num_classes_for(argparse.Namespace(**saved)):
+        if "dataset_file" not in given:
+            merged["dataset_file"] = saved["dataset_file"]
+    differing = [dest for dest in STORED_MODEL_OPTIONS if merged[dest] != saved[dest]]
+    conflicts = [dest for dest in differing if dest in MODEL_OPTIONS and dest not in COMPUTE_ONLY_MODEL_OPTIONS]
+    if num_classes_for(argparse.Namespace(**merged)) != num_classes_for(argparse.Namespace(**saved)):
+        conflicts += [dest for dest in differing if dest in CLASS_COUNT_OPTIONS]
+    if conflicts:
+        stored_as = f"the weights of {source} fit" if inferred else f"the model in {source} was trained with"
+        raise ValueError(
+            f"{stored_as} {format_flags(saved, conflicts)}, but the command line gives "
+            f"{format_flags(merged, conflicts)}: these options shape the weights, which cannot load into such a model. "
+            "Drop the flags: the model options the command line does not give are read from the checkpoint."
+        )
+    compute_only = [dest for dest in differing if dest in COMPUTE_ONLY_MODEL_OPTIONS]
+    if compute_only:
+        logger.warning("%s was trained with %s; this run uses %s as the command line asks: the weights load, but the "
+                       "model does not compute what it was trained to", source, format_flags(saved, compute_only),
+                       format_flags(merged, compute_only))
+    if "text_encoder" in differing:
+        logger.info("text encoder: --text_encoder %s from the command line (%s names %s)", merged["text_encoder"],
+                    source, saved["text_encoder"])
+    return argparse.Namespace(**merged)
+
+
+def format_flags(values: Mapping[str, Any], dests: Sequence[str]) -> str:
+    """Options as on a command line, e.g. ``--hidden_dim 64 --with_box_refine (no --no_rel_coord)``."""
+    actions = {action.dest: action for action in get_args_parser(add_help=False)._actions}
+    return " ".join(_as_flag(actions[dest], values[dest]) for dest in dests)

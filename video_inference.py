@@ -11,6 +11,10 @@ groups whose folder exists, deletes half-written ``.partial`` folders and redoes
 
 Sharding: ``--ngpu N`` spawns N processes (one per GPU, or CPU processes sharing the cores), or
 ``torchrun`` starts them; each takes a contiguous share of the videos.
+
+The model comes from ``--resume``: a checkpoint file, a model folder or a Hugging Face Hub id, or
+``auto`` for the newest complete checkpoint of ``--output_dir`` (:func:`inference_checkpoint`); its
+model options are read from it (``models/pretrained.py``), so no model flag is needed.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import logging
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,6 +37,7 @@ from tqdm import tqdm
 from datasets.meta import read_frame
 from models.postprocessors import binarize_mask_logits, merge_object_probs
 from models.predictor import ExpressionPrediction, VideoPredictor, frames_per_chunk, iter_upsampled_logits
+from util.checkpoint import find_latest_checkpoint
 from util.logger import setup_logging as logger_setup
 from util.visualize import draw_prediction, expression_color, overlay_labels, palette_image, save_gif
 
@@ -294,6 +300,34 @@ def missing_outputs(output_root: str | Path, jobs: Sequence[VideoJob]) -> list[s
     return missing
 
 
+def write_submission_zip(output_root: str | Path, jobs: Sequence[VideoJob], zip_path: str | Path) -> int:
+    """Zip every expected PNG as ``<group folder>/<frame>.png`` (atomically); returns the count.
+
+    The archive mirrors the folders under ``output_root``: ``Annotations/<video>/<exp_id>/<frame>.png``
+    for Ref-YouTube-VOS, ``<video>/<exp_id>/<frame>.png`` at the root for MeViS.
+
+    Raises:
+        FileNotFoundError: some predictions are missing (listing the first ones).
+    """
+    output_root, zip_path = Path(output_root), Path(zip_path)
+    missing = missing_outputs(output_root, jobs)
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} predictions are missing under {output_root}, e.g. {missing[:5]}; rerun the same command"
+        )
+    partial = zip_path.with_name(zip_path.name + ".partial")
+    count = 0
+    # PNGs are already compressed: store them.
+    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
+        for job in jobs:
+            for group in job.groups:
+                for name in job.output_names:
+                    archive.write(output_root / group.folder / f"{name}.png", arcname=f"{group.folder}/{name}.png")
+                    count += 1
+    os.replace(partial, zip_path)
+    return count
+
+
 def remove_partial_root(output_root: str | Path) -> None:
     """Remove ``<output_root>/.partial`` once it holds no files (call after every process has finished)."""
     partial = Path(output_root) / PARTIAL_DIR
@@ -306,6 +340,31 @@ def shard(jobs: Sequence[VideoJob], rank: int, world_size: int) -> list[VideoJob
     per_rank, extra = divmod(len(jobs), world_size)
     start = rank * per_rank + min(rank, extra)
     return list(jobs[start : start + per_rank + (1 if rank < extra else 0)])
+
+
+def inference_checkpoint(args: argparse.Namespace) -> Path:
+    """The local checkpoint file or model folder to predict with: ``--resume`` (a file, a folder, or a Hugging
+    Face Hub id, which is fetched into the Hugging Face cache unless ``HF_HUB_OFFLINE=1``), or with
+    ``--resume auto`` the newest complete checkpoint (``checkpoint.pth``, else the highest
+    ``checkpointNNNN.pth``) in ``--output_dir``.
+
+    Raises:
+        ValueError: ``--resume`` is not given.
+        FileNotFoundError: ``--resume`` names nothing that exists (:func:`models.pretrained.resolve_source`),
+            or ``--resume auto`` and ``--output_dir`` holds no complete checkpoint.
+    """
+    from models.pretrained import resolve_source
+
+    if not args.resume:
+        raise ValueError("pass the model with --resume (a checkpoint file, a model folder or a Hugging Face Hub id; "
+                         "--resume auto: the newest checkpoint in --output_dir)")
+    if args.resume != "auto":
+        return resolve_source(args.resume)
+    path = find_latest_checkpoint(args.output_dir)
+    if path is None:
+        raise FileNotFoundError(f"--resume auto: no complete checkpoint (checkpoint.pth or checkpointNNNN.pth) in "
+                                f"--output_dir {args.output_dir}; pass --resume FILE")
+    return path
 
 
 # ----------------------------------------------------------------------------- processes

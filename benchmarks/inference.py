@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-DEFAULT_TOKENIZER = ROOT.parent / "shared" / "reference" / "tokenizer"
+DEFAULT_TOKENIZER = ROOT / "tests" / "golden" / "tokenizer"
 CAPTIONS = (
     "a person riding a brown horse on the left",
     "the dog running",
@@ -108,11 +108,9 @@ def build_model(args: argparse.Namespace):
 
 
 def use_reference_deformable_core(model, enabled: bool) -> None:
-    from models.ms_deform_attn import MSDeformAttn
+    from models.ms_deform_attn import set_core_impl
 
-    for module in model.modules():
-        if isinstance(module, MSDeformAttn):
-            module.use_reference_core = enabled
+    set_core_impl(model, "reference" if enabled else "auto")
 
 
 def run_video(predictor, clip, captions, orig_size, threshold=0.5):

@@ -1,4 +1,4 @@
-"""Benchmark the MSDeformAttn core op: per-level grid_sample reference vs the default embedding_bag op.
+"""Benchmark the MSDeformAttn core op's implementations: triton, pytorch (embedding_bag), reference (grid_sample).
 
 Shapes are ReferFormer's at its real input size: 5 frames of 360×640, levels at strides 8/16/32/64,
 256 channels, 8 heads, 4 levels, 4 points. Two scenarios:
@@ -10,14 +10,17 @@ Sampling locations and attention weights come from an ``MSDeformAttn`` with its 
 initialisation plus small random projection weights, so points spread around their references as
 in a trained model (uniformly random points would make memory access artificially scattered).
 
-Reported per op (median of ``--repeat`` runs after one warm-up; the two ops take turns):
+Reported per implementation (``--impls``; by default all that can run on ``--device``: triton needs
+CUDA), as the median of ``--repeat`` runs after one warm-up, the implementations taking turns:
 - forward: under ``torch.no_grad()`` (inference);
 - forward+backward: forward with autograd, then backward of a random output gradient;
 - peak memory of forward+backward: the highest total size of tensors allocated during the step and
   alive at the same time (inputs excluded), from the profiler's allocation events on CPU and from
-  ``torch.cuda.max_memory_allocated`` on CUDA.
+  ``torch.cuda.max_memory_allocated`` on CUDA;
+- each as a ratio to the pure-PyTorch (embedding_bag) core: below 1 is faster / smaller.
 
-Run: ``python benchmarks/msdeform_attn.py --threads 2``.
+Run: ``python benchmarks/msdeform_attn.py --threads 2`` (CPU) or ``--device cuda``;
+``benchmarks/gpu.py`` runs this on the GPU together with the whole-model measurements.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from torch import Tensor
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.ms_deform_attn import MSDeformAttn, ms_deform_attn_core, ms_deform_attn_core_pytorch  # noqa: E402
+from models.ms_deform_attn import MSDeformAttn, ms_deform_attn_core, select_core_impl  # noqa: E402
 
 FRAMES = 5
 IMAGE_SIZE = (360, 640)
@@ -46,6 +49,9 @@ NUM_QUERIES = 5
 PROJECTION_STD = 0.01
 
 CoreOp = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+IMPLS = ("triton", "pytorch", "reference")
+# The implementation the ratios are relative to.
+BASELINE = "pytorch"
 
 
 def level_shapes() -> list[tuple[int, int]]:
@@ -132,45 +138,82 @@ def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
     return peak
 
 
+def runnable_impls(device: torch.device, dtype: torch.dtype = torch.float32) -> list[str]:
+    """The implementations of :data:`IMPLS` that can run on ``device`` (the reason is printed for the others)."""
+    impls = []
+    for impl in IMPLS:
+        try:
+            select_core_impl(impl, device, (dtype, torch.float32, torch.float32))
+        except RuntimeError as error:
+            print(f"not timed: {error}")
+            continue
+        impls.append(impl)
+    return impls
+
+
+def measure_core(
+    scenario: str, impls: list[str], device: torch.device, repeat: int, value_dtype: torch.dtype = torch.float32
+) -> dict[str, dict[str, float]]:
+    """Times and memory of each implementation at ``scenario``'s shapes (value and output gradient in
+    ``value_dtype``; locations and weights float32, as under autocast).
+
+    Returns ``{impl: {"forward_ms", "forward_backward_ms", "peak_mib" (of forward+backward)}}``.
+    """
+    value, shapes, locations, weights, grad = make_inputs(scenario, device)
+    value, grad = value.to(value_dtype), grad.to(value_dtype)
+    shape_list = shapes.tolist()  # as the module passes them: no host synchronisation per call
+    ops = {impl: partial(ms_deform_attn_core, impl=impl) for impl in impls}
+
+    def forward(op: CoreOp) -> None:
+        with torch.no_grad():
+            op(value, shape_list, locations, weights)
+
+    forwards = {name: partial(forward, op) for name, op in ops.items()}
+    train_steps = {
+        name: partial(forward_backward, op, value, shape_list, locations, weights, grad) for name, op in ops.items()
+    }
+    forward_s = median_seconds(forwards, device, repeat)
+    train_s = median_seconds(train_steps, device, repeat)
+    return {
+        name: {
+            "forward_ms": 1e3 * forward_s[name],
+            "forward_backward_ms": 1e3 * train_s[name],
+            "peak_mib": peak_bytes(train_steps[name], device) / 2**20,
+        }
+        for name in ops
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement, after one warm-up")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=None,
+                        help="implementations to time (default: every one that can run on --device)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    ops: dict[str, CoreOp] = {"baseline": ms_deform_attn_core_pytorch, "ours": ms_deform_attn_core}
+    impls = args.impls or runnable_impls(device)
 
     print(
         f"MSDeformAttn core, {FRAMES} frames of {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, levels {level_shapes()}, "
         f"{D_MODEL} channels, {N_HEADS} heads, {N_POINTS} points; device {device}, "
         f"{torch.get_num_threads()} threads, median of {args.repeat}"
     )
-    print(f"{'scenario':<10} {'measure':<24} {'baseline':>12} {'ours':>12} {'baseline/ours':>14}")
+    ratios = [impl for impl in impls if impl != BASELINE] if BASELINE in impls else []
+    header = f"{'scenario':<10} {'measure':<24}" + "".join(f" {impl:>10}" for impl in impls)
+    print(header + "".join(f" {impl + '/' + BASELINE:>18}" for impl in ratios))
+    measures = {"forward_ms": "forward (ms)", "forward_backward_ms": "forward+backward (ms)",
+                "peak_mib": "peak fwd+bwd (MiB)"}
     for scenario in ("encoder", "decoder"):
-        inputs = make_inputs(scenario, device)
-        value, shapes, locations, weights, grad = inputs
-
-        def forward(op: CoreOp) -> None:
-            with torch.no_grad():
-                op(value, shapes, locations, weights)
-
-        forwards = {name: partial(forward, op) for name, op in ops.items()}
-        train_steps = {name: partial(forward_backward, op, *inputs) for name, op in ops.items()}
-        forward_s = median_seconds(forwards, device, args.repeat)
-        train_s = median_seconds(train_steps, device, args.repeat)
-        rows = {
-            "forward (ms)": {name: 1e3 * forward_s[name] for name in ops},
-            "forward+backward (ms)": {name: 1e3 * train_s[name] for name in ops},
-            "peak fwd+bwd (MiB)": {name: peak_bytes(train_steps[name], device) / 2**20 for name in ops},
-        }
-        lq = locations.shape[1]
-        for measure, result in rows.items():
-            base, ours = result["baseline"], result["ours"]
-            print(f"{scenario:<10} {measure:<24} {base:>12.1f} {ours:>12.1f} {base / ours:>13.2f}x")
-        print(f"{'':<10} (Lq = {lq} queries per frame, S = {value.shape[1]})")
+        result = measure_core(scenario, impls, device, args.repeat)
+        for key, measure in measures.items():
+            line = f"{scenario:<10} {measure:<24}" + "".join(f" {result[impl][key]:>10.2f}" for impl in impls)
+            print(line + "".join(f" {result[impl][key] / result[BASELINE][key]:>17.2f}x" for impl in ratios))
+        lq = NUM_QUERIES if scenario == "decoder" else sum(h * w for h, w in level_shapes())
+        print(f"{'':<10} (Lq = {lq} queries per frame, S = {sum(h * w for h, w in level_shapes())})")
 
 
 if __name__ == "__main__":

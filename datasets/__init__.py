@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 
-from datasets import a2d, davis, jhmdb, joint, refexp, ytvos
+from datasets import a2d, davis, jhmdb, joint, mevis, refexp, ytvos
 from datasets.categories import REF_SHAPES_CATEGORIES
 from datasets.ref_eval import A2DEvaluator, RefExpEvaluator
 
@@ -30,6 +30,9 @@ BUILDERS: dict[str, Callable[[str, argparse.Namespace], Dataset]] = {
     # pretraining on the three; its evaluation split is {name: dataset}, each evaluated on its own
     "all": refexp.build_all,
     "joint": joint.build,
+    "mevis": mevis.build,
+    # MeViS and Ref-YouTube-VOS concatenated, as "joint" concatenates RefCOCO/+/g and Ref-YouTube-VOS
+    "mevis_ytvos": mevis.build_with_ytvos,
 }
 
 
@@ -61,5 +64,5 @@ def build_evaluations(name: str, args: argparse.Namespace) -> dict[str, tuple[Da
             )
             for dataset_name in names
         }
-    raise ValueError(f"--dataset_file {name} is not evaluated by main.py (inference_ytvos.py and inference_davis.py "
-                     "evaluate the video datasets)")
+    raise ValueError(f"--dataset_file {name} is not evaluated by main.py (inference_ytvos.py, inference_davis.py "
+                     "and inference_mevis.py evaluate the video datasets)")

@@ -1,4 +1,4 @@
-"""Category tables of the video datasets (spec Appendix A); a label is the index in its table.
+"""Category tables of the video datasets (the original's); a label is the index in its table.
 
 :data:`VIDEO_CATEGORY_TABLES` maps a ``--dataset_file`` to its table; the class-head size K of a
 non-binary model is the table's length.
@@ -30,8 +30,12 @@ DAVIS_CATEGORIES: tuple[str, ...] = (
 # The synthetic quick-start dataset (tools/data/make_ref_shapes.py): an object's category is its shape.
 REF_SHAPES_CATEGORIES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 
+# MeViS has no categories: an expression's objects are one "referred object" class (as its authors' dataset).
+MEVIS_CATEGORIES: tuple[str, ...] = ("object",)
+
 VIDEO_CATEGORY_TABLES: dict[str, tuple[str, ...]] = {
     "ytvos": YTVOS_CATEGORIES,
     "davis": DAVIS_CATEGORIES,
     "ref_shapes": REF_SHAPES_CATEGORIES,
+    "mevis": MEVIS_CATEGORIES,
 }

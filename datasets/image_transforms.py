@@ -1,7 +1,7 @@
-"""Image transforms of RefCOCO/+/g pretraining (spec 4.5), built from the clip transforms.
+"""Image transforms of RefCOCO/+/g pretraining, built from the clip transforms.
 
 An image is a clip of one frame, so :mod:`datasets.transforms` does the work; what differs from
-the video recipe (spec 4.7) is the scales, the absence of the photometric distortion, and the
+the video recipe is the scales, the absence of the photometric distortion, and the
 original's image caption swap, which goes through a ``"[TMP]"`` placeholder instead of ``"@"``
 (so a literal "@" stays as it is).
 """
@@ -54,7 +54,7 @@ class ImageHorizontalFlip:
 
 
 def make_image_transforms(split: str, *, caption_flip: str = "whole_word") -> Compose:
-    """Training (``split == "train"``) or evaluation transforms of RefCOCO images (spec 4.5).
+    """Training (``split == "train"``) or evaluation transforms of RefCOCO images.
 
     Train: flip; then with p 0.5 a resize to a shorter side in :data:`SCALES` (longer ≤ 800), else a
     resize to 400/500/600, a random crop of 384..600 and a resize to :data:`CROP_FINAL_SCALES`

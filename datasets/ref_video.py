@@ -1,17 +1,17 @@
 """Training clips of the ``meta_expressions`` datasets (Ref-YouTube-VOS, Ref-DAVIS17), spec 4.1.
 
 One sample per (video, expression, anchor frame), anchors every T-th frame of the sorted frame
-list. Loading a sample draws the clip's frames around the anchor (:mod:`datasets.sampling`),
-reads the frames and the referred object's masks, builds the target and applies the clip
-transforms; a clip in which no frame shows the object after the transforms is replaced by a
-random other sample, as in the original.
+list. Loading a sample draws the clip's frames around the anchor (:mod:`datasets.sampling`; a
+video shorter than a clip repeats frames, as in the original), reads the frames and the referred
+object's masks, builds the target and applies the clip transforms; a clip in which no frame shows
+the object after the transforms is replaced by a random other sample, as in the original.
 
 Bad input is reported with the video, frame and file: metadata problems (empty expression,
-object id missing from ``meta.json``, video shorter than a clip, unknown category) when the
-dataset is built, file problems (missing or undecodable frame, missing annotation, frame and
-annotation of different sizes) when the sample is loaded. With ``skip_bad_samples`` they are
-logged and skipped instead: bad metadata entries are left out, a sample whose files fail is
-replaced by a random other one and listed in the target's ``skipped``.
+object id missing from ``meta.json``, unknown category) when the dataset is built, file problems
+(missing or undecodable frame, missing annotation, frame and annotation of different sizes) when
+the sample is loaded. With ``skip_bad_samples`` they are logged and skipped instead: bad metadata
+entries are left out, a sample whose files fail is replaced by a random other one and listed in
+the target's ``skipped``.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class ClipSample:
 
 
 def normalize_caption(text: str) -> str:
-    """Lower case, single spaces (spec 4: datasets do this; inference passes raw text)."""
+    """Lower case, single spaces (as the original's datasets do; its inference passes raw text)."""
     return " ".join(text.lower().split())
 
 
@@ -80,10 +80,12 @@ def draw_training_sample(index: int, num_samples: int, load: Callable[[int, Samp
     ``load(i, rng)`` reads and transforms sample ``i``. A sample is replaced by a random other one
     when its referred object is visible in no frame after the transforms (with ``require_visible``)
     or, with ``skip_bad_samples``, when loading raises :class:`BadSampleError` (described in the
-    returned target's ``skipped`` list); without it the error propagates.
+    returned target's ``skipped`` list); without it the error propagates, saying that
+    ``--skip_bad_samples`` exists.
 
     Raises:
-        BadSampleError: no usable sample in :data:`MAX_SAMPLE_ATTEMPTS` draws (naming ``source``).
+        BadSampleError: a bad sample without ``skip_bad_samples``, or no usable sample in
+            :data:`MAX_SAMPLE_ATTEMPTS` draws (naming ``source``).
     """
     skipped: list[str] = []
     current = index
@@ -92,7 +94,9 @@ def draw_training_sample(index: int, num_samples: int, load: Callable[[int, Samp
             clip, target = load(current, rng)
         except BadSampleError as error:
             if not skip_bad_samples:
-                raise
+                raise BadSampleError(f"{error}\n(pass --skip_bad_samples to train on without such samples: each is "
+                                     "replaced by a random other sample, and they are counted and listed in the "
+                                     "log)") from error
             skipped.append(str(error))
         else:
             if not require_visible or bool(target["valid"].any()):
@@ -164,9 +168,8 @@ class ReferringVideoDataset(Dataset):
                 elif expression.obj_id not in video_objects:
                     bad.append(f"{where}: object id {expression.obj_id} is not among the objects "
                                f"{sorted(video_objects)} of {video} in {meta_file}")
-                elif len(frames) < self.num_frames:
-                    bad.append(f"{where}: the video has {len(frames)} frames, fewer than a clip "
-                               f"(--num_frames {self.num_frames})")
+                elif not frames:
+                    bad.append(f"{where}: the video lists no frames")
                 elif video_objects[expression.obj_id].get("category") not in category_index:
                     bad.append(f"{where}: category {video_objects[expression.obj_id].get('category')!r} of "
                                f"object {expression.obj_id} in {meta_file} is not in the category table")

@@ -1,13 +1,13 @@
-"""RefCOCO/+/g images as pseudo-videos for joint training (spec 4.5 "Pseudo-video dataset", 4.6).
+"""RefCOCO/+/g images as pseudo-videos for joint training.
 
 A clip of T frames is made from one image: the image itself and T − 1 copies, each moved by a
 random perspective and affine transform (with the referred object's mask) and photometrically
-altered, in a random order. The clip then gets the video training transforms (spec 4.7) like a
+altered, in a random order. The clip then gets the video training transforms like a
 Ref-YouTube-VOS clip.
 
 The original built the copies with imgaug, seeded from the wall clock; imgaug does not run with
 NumPy ≥ 2, so the same operations are written here with OpenCV and drawn from the sample's NumPy
-stream (quirk 20 [FIX-FLAG]): a clip is a function of (seed, epoch, index) like every other
+stream: a clip is a function of (seed, epoch, index) like every other
 sample. Per copy, following the original's imgaug pipeline:
 
 1. one or both (a random non-empty subset, applied in this order) of: add an integer
@@ -25,7 +25,7 @@ sample. Per copy, following the original's imgaug pipeline:
 
 Steps 2 and 3 warp the image bilinearly and the mask by nearest neighbour, with zeros outside the
 source. Boxes are the tight inclusive boxes of the moved masks. After the clip transforms, frames
-whose mask is empty get the zero box, and all boxes are clamped to at least 1e-6 (spec 4.5).
+whose mask is empty get the zero box, and all boxes are clamped to at least 1e-6, as in the original.
 """
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ class PseudoVideoDataset(ReferringImageDataset):
     Args:
         coco_path, name, split, seed, skip_bad_samples: as :class:`~datasets.refexp.ReferringImageDataset`.
         num_frames: T, frames per clip.
-        transforms: the video training transforms (spec 4.7).
+        transforms: the video training transforms.
     """
 
     def __init__(self, coco_path: str | Path, name: str, split: str, *, num_frames: int, transforms: Compose,

@@ -3,8 +3,8 @@
 Randomness is per sample, not global: :func:`sample_random` derives the generators of one
 ``__getitem__`` call from ``(seed, epoch, index)``. A sample therefore looks the same whichever
 worker or rank loads it and whatever was loaded before, which is what lets an interrupted run
-resume with bit-identical data (spec 5 calls bit-exact reproduction of the *original's* random
-stream a non-goal; the distributions are the original's).
+resume with bit-identical data. The distributions are the original's; its random stream (one
+global generator per process) is not reproduced bit for bit.
 """
 from __future__ import annotations
 
@@ -36,12 +36,18 @@ def sample_random(seed: int, epoch: int, index: int) -> SampleRandom:
 
 def sample_clip_frames(anchor: int, num_video_frames: int, num_frames: int, rng: random.Random,
                        *, always_local: bool = False) -> list[int]:
-    """Frame indices of a training clip (spec 4.1), sorted, ``num_frames`` long.
+    """Frame indices of a training clip, sorted, ``num_frames`` long.
 
     The anchor frame, one frame 1..3 before and one 1..3 after it (clamped to the video), and
-    ``num_frames - 3`` "global" frames from outside ``[min, max)`` of those three. Indices may
-    repeat in short videos. Ref-YTVOS skips the local frames for one-frame clips; Ref-DAVIS
-    (``always_local``) draws them anyway (the clip then keeps only the first sorted index).
+    ``num_frames - 3`` "global" frames from outside ``[min, max)`` of those three. Ref-YTVOS skips
+    the local frames for one-frame clips; Ref-DAVIS (``always_local``) draws them anyway (the clip
+    then keeps only the first sorted index).
+
+    Videos shorter than the clip repeat frames, as in the original: the local frames clamp to the
+    video, and when the video has fewer frames n than global frames g are needed, every frame is
+    taken once and ``g - n`` distinct others drawn at random. The original stops where ``g - n > n``;
+    there every frame is taken as many more times as whole passes fit and only the last 1..n frames
+    are drawn.
 
     Args:
         anchor: index of the sample's frame in the sorted frame list.
@@ -63,6 +69,8 @@ def sample_clip_frames(anchor: int, num_video_frames: int, num_frames: int, rng:
             elif n >= num_global:
                 indices += rng.sample(range(n), num_global)
             else:
-                indices += rng.sample(range(n), num_global - n) + list(range(n))
+                extra = num_global - n  # beyond one of each frame
+                passes = (extra - 1) // n  # further whole passes over the video, leaving 1..n frames to draw
+                indices += rng.sample(range(n), extra - passes * n) + list(range(n)) * (1 + passes)
     indices.sort()
     return indices[:num_frames]

@@ -1,4 +1,4 @@
-"""Clip transforms (spec 4.7): one set of random parameters for all frames of a clip, except the
+"""Clip transforms of the original's video recipe: one set of random parameters for all frames of a clip, except the
 photometric distortion, which is drawn per frame.
 
 A clip is a list of T PIL RGB frames plus a target dict:
@@ -61,7 +61,7 @@ def flip_caption(caption: str, mode: str = "whole_word") -> str:
 
 
 def resized_shape(height: int, width: int, size: int, max_size: int | None = None) -> tuple[int, int]:
-    """Output ``(h, w)`` of the shared resize rule (spec 4.7): shorter side → ``size`` (reduced so
+    """Output ``(h, w)`` of the shared resize rule: shorter side → ``size`` (reduced so
     the longer side stays within ``max_size``), longer side floored; unchanged if already there."""
     if max_size is not None:
         short, long = float(min(height, width)), float(max(height, width))
@@ -255,7 +255,7 @@ class Normalize:
 
 def make_clip_transforms(split: str, *, max_size: int, caption_flip: str = "whole_word",
                          photometric: str = "original") -> Compose:
-    """Training (``split == "train"``) or evaluation clip transforms of spec 4.7.
+    """Training (``split == "train"``) or evaluation clip transforms of the original's video recipe.
 
     ``photometric`` (``--photometric_distort``): ``"original"``, ``"clipped"`` (to [0, 255]) or ``"off"``.
     """

@@ -3,6 +3,7 @@
 ``metrics`` holds the per-frame measures and per-object statistics, ``evaluation`` reads a
 results folder and the ground truth and produces the two result tables; ``eval_davis.py`` at
 the repository root is the command line. Numbers equal the official DAVIS-2017 toolkit's.
+``mevis`` computes the MeViS offline metric with the same J and F (``eval_mevis.py``).
 """
 from .evaluation import DavisEvaluator, DavisScores, evaluate_results_folder, load_or_evaluate
 from .metrics import f_measure, frame_scores, jaccard, mean_recall_decay

@@ -10,7 +10,7 @@ same id, on all frames but the first and the last, without void; the unsupervise
 every (prediction, ground truth) pair on all frames with void left out and keeps the
 assignment that maximises the mean (J + F) / 2 (Hungarian). Both give, per ground-truth
 object, the Mean/Recall/Decay of J and F; the global numbers average them over all objects of
-all sequences. Numbers equal the official DAVIS-2017 toolkit's (SPEC §6.3).
+all sequences. Numbers equal the official DAVIS-2017 toolkit's.
 
 ``DavisEvaluator`` follows the reset / process / evaluate protocol; ``evaluate_results_folder``
 runs it over a whole results folder and ``load_or_evaluate`` adds the CSV cache of
@@ -96,7 +96,7 @@ class SequenceGroundTruth:
         frames: frame stems (``00000`` …), sorted.
         labels: int ``[T, H, W]`` object ids with void set to 0.
         void: bool ``[T, H, W]``, pixels labelled ``VOID_LABEL``.
-        num_objects: objects 1..n, n = the largest label of the first frame (SPEC §9, quirk 31).
+        num_objects: objects 1..n, n = the largest label of the first frame (as the toolkit counts).
     """
 
     name: str

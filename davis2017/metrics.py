@@ -182,7 +182,7 @@ def decay_bin_edges(num_frames: int) -> np.ndarray:
     """First-frame indices of the Decay bins plus the last frame, int ``[DECAY_BINS + 1]``.
 
     ``round(linspace(1, n, 5) + 1e-10) − 1`` (the 1e-10 rounds halves up), cast to uint8 as
-    the toolkit does: beyond 256 frames the indices wrap around (SPEC §9, quirk 31). The
+    the toolkit does: beyond 256 frames the indices wrap around. The
     toolkit ran on NumPy 1.x, where adding 1 to these uint8 values later promotes to a wider
     integer; returning plain ints keeps that.
     """

@@ -9,6 +9,7 @@ from models.backbone import build_backbone
 from models.criterion import SetCriterion
 from models.deformable_transformer import DeformableTransformer
 from models.matcher import HungarianMatcher
+from models.ms_deform_attn import set_core_impl
 from models.postprocessors import build_postprocessors
 from models.referformer import ReferFormer
 from models.text_encoder import load_text_encoder, load_tokenizer
@@ -31,9 +32,12 @@ def build_model(
 ) -> tuple[ReferFormer, SetCriterion, dict[str, nn.Module]]:
     """Build ``(model, criterion, postprocessors)`` from the options of ``opts.py``.
 
+    ``model.config`` records the model's options (:func:`opts.model_options`) for
+    :meth:`ReferFormer.save_pretrained`.
+
     ``text_encoder``/``tokenizer`` replace the ones named by ``--text_encoder`` (tests use tiny ones).
     """
-    from opts import num_classes_for
+    from opts import model_options, num_classes_for
 
     num_classes = num_classes_for(args)
     backbone = build_backbone(
@@ -56,6 +60,7 @@ def build_model(
         dec_n_points=args.dec_n_points,
         enc_n_points=args.enc_n_points,
     )
+    set_core_impl(transformer, args.msda_impl)
     if text_encoder is None:
         text_encoder = load_text_encoder(args.text_encoder)
     if tokenizer is None:
@@ -77,6 +82,8 @@ def build_model(
         freeze_text_encoder=args.freeze_text_encoder,
         rel_coord=args.rel_coord,
     )
+    # what save_pretrained writes to config.json, so that the model is rebuilt without flags
+    model.config = model_options(args)
     matcher = HungarianMatcher(
         cost_class=args.set_cost_class,
         cost_bbox=args.set_cost_bbox,

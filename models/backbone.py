@@ -7,7 +7,10 @@ clip axis, resizes the image padding mask to every level with legacy nearest int
 encodes positions per level.
 
 Backbones are chosen by name through ``BACKBONES`` (name → builder). ResNet-18/34/50/101 live here;
-the Swin families register themselves in the same table.
+the Swin families register themselves in the same table. The builders start from random weights or
+from the file they are given; which ImageNet weights a ResNet starts training from
+(:func:`resnet_imagenet_weights`) is decided by ``main.py``, the one place that knows whether a run
+trains afresh.
 """
 from __future__ import annotations
 
@@ -148,7 +151,8 @@ def build_resnet(
     use_checkpoint: bool = False,
     from_scratch: bool = False,
 ) -> BackboneBody:
-    """A torchvision ResNet (:data:`RESNET_CHANNELS`); ``pretrained_path`` = torchvision ImageNet weights file.
+    """A torchvision ResNet (:data:`RESNET_CHANNELS`); ``pretrained_path`` = torchvision ImageNet weights file
+    (without it the weights are random).
 
     As in the original, the normalisation is FrozenBatchNorm2d and only :data:`RESNET_TRAINABLE_STAGES`
     train: both assume pre-trained weights. ``from_scratch`` is for random weights: ordinary BatchNorm
@@ -173,6 +177,15 @@ def build_resnet(
             parameter.requires_grad_(False)
     strides = [4, 8, 16, 16 if dilation else 32]
     return BackboneBody(body, strides=strides, num_channels=list(RESNET_CHANNELS[name]))
+
+
+def resnet_imagenet_weights(name: str) -> torchvision.models.WeightsEnum:
+    """The ImageNet weights ResNet ``name`` starts training from: torchvision's ``IMAGENET1K_V1`` (e.g.
+    ``ResNet50_Weights.IMAGENET1K_V1``, file ``resnet50-0676ba61.pth``), which the original's
+    ``torchvision.models.resnet50(pretrained=True)`` loaded."""
+    if name not in RESNET_CHANNELS:
+        raise ValueError(f"{name!r} is not a ResNet backbone; choose one of {sorted(RESNET_CHANNELS)}")
+    return torchvision.models.get_model_weights(name).IMAGENET1K_V1
 
 
 BackboneBuilder = Callable[..., BackboneBody]

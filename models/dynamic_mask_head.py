@@ -4,7 +4,7 @@ For every query the controller predicts ``num_gen_params`` numbers that are spli
 weights and biases of ``controller_layers`` 1×1 convolutions (``in → D → D → 1`` with D =
 ``dynamic_mask_channels``). They run over the frame's mask features, to which two channels of
 *relative coordinates* are appended: the query's reference centre minus each mask-feature
-location, in absolute pixels of the unpadded input (SPEC §1.9, quirk 5).
+location, in absolute pixels of the unpadded input, as in the original.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ class VisionLanguageFusionModule(nn.Module):
     """``visual * CrossAttention(query=visual, key=words + word positions, value=words)``.
 
     The product (no residual, no norm) and the position on the key side only are the original's
-    design (SPEC §1.5, quirk 1). All tensors are sequence-first.
+    design. All tensors are sequence-first.
     """
 
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0):

@@ -2,7 +2,7 @@
 
 Both follow the original exactly, including its asymmetry: the 2-D encoding subtracts 0.5 from
 the cumulative count (pixel centres) but divides by the *unshifted* last count, while the 1-D
-text encoding has no 0.5 offset at all (SPEC §1.3, quirk 3).
+text encoding has no 0.5 offset at all.
 """
 from __future__ import annotations
 

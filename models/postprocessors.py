@@ -43,12 +43,12 @@ logger = logging.getLogger(__name__)
 # pred_masks are predicted at stride 4 of the padded model input (mask_out_stride of the mask head).
 MASK_OUT_STRIDE = 4
 # The original A2D/JHMDB postprocessor ignores --threshold and always cuts probabilities at 0.5
-# (quirk 30 in the spec); kept for metric parity.
+# kept for metric parity.
 A2D_MASK_THRESHOLD = 0.5
 # Referring datasets have one foreground category; every prediction is reported with this label
 # (A2D `category_id` and RefCOCO `labels`), whatever class index scored it.
 REFERRED_OBJECT_LABEL = 1
-# DAVIS merge of per-object probabilities (quirk 29): probabilities below the cut-off are zeroed,
+# DAVIS merge of per-object probabilities (the original's): probabilities below the cut-off are zeroed,
 # and a constant background plane with this score is prepended before the argmax, so a pixel is
 # background unless some object reaches the cut-off.
 DAVIS_OBJECT_CUTOFF = 0.5
@@ -56,7 +56,7 @@ DAVIS_BACKGROUND_SCORE = 0.1
 # Label maps are uint8 PNGs: label 0 is background, objects are 1..n_obj.
 MAX_DAVIS_OBJECTS = int(np.iinfo(np.uint8).max)
 
-VIDEO_DATASETS = ("ytvos", "davis", "ref_shapes", "joint")
+VIDEO_DATASETS = ("ytvos", "davis", "ref_shapes", "joint", "mevis", "mevis_ytvos")
 A2D_DATASETS = ("a2d", "jhmdb")
 REFCOCO_DATASETS = ("refcoco", "refcoco+", "refcocog", "all")
 
@@ -246,7 +246,7 @@ def select_best_query(pred_logits: Tensor) -> tuple[int, Tensor]:
 def upsample_query_masks(pred_masks: Tensor, query_index: int, orig_size: Sequence[int]) -> Tensor:
     """Mask logits of one query, resized straight to the original frame size.
 
-    There is no cropping of padding: video inference feeds unpadded frames (quirk 12).
+    There is no cropping of padding: video inference feeds unpadded frames.
 
     Args:
         pred_masks: ``[T, Q, h, w]`` mask logits of one clip (stride 4 of the input).

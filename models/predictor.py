@@ -18,6 +18,7 @@ mask size (stride 4 of the resized input), H×W the original frame size.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
@@ -181,16 +182,15 @@ def iter_upsampled_logits(
 
 
 def load_predictor(
-    args, checkpoint_path: str, device: torch.device | str, expressions_per_batch: int | None = None
+    args, checkpoint_path: str | Path, device: torch.device | str, expressions_per_batch: int | None = None
 ) -> VideoPredictor:
-    """Build the model from the options of ``opts.py``, load ``checkpoint_path`` strictly and wrap it.
+    """The model of ``checkpoint_path`` (a checkpoint file, a model folder or a Hugging Face Hub id), wrapped.
 
-    The checkpoint may be an official ReferFormer release or one written by ``main.py``.
+    The model is built with the options stored with the weights wherever ``args`` (the command line) does not
+    give them, and loaded strictly (:func:`models.pretrained.load_trained_model`): official ReferFormer
+    checkpoints, ``main.py``'s and exported folders need no model flags.
     """
-    from models import build_model
-    from util.checkpoint import load_checkpoint, load_model_state, model_state_from_checkpoint
+    from models.pretrained import load_trained_model
 
-    model, _, _ = build_model(args)
-    checkpoint = load_checkpoint(checkpoint_path, weights_only=not args.unsafe_load)
-    load_model_state(model, model_state_from_checkpoint(checkpoint, source=checkpoint_path), source=checkpoint_path)
+    model, _ = load_trained_model(args, checkpoint_path)
     return VideoPredictor(model, device=device, expressions_per_batch=expressions_per_batch, short_side=args.short_side)

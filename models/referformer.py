@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +119,9 @@ class ReferFormer(nn.Module):
         num_queries: Q per frame.
         with_box_refine: iterative box refinement (all released models use it).
         freeze_text_encoder: text-encoder parameters get ``requires_grad=False``.
+
+    ``models.build_model`` records the options the model was built with in ``config`` (a dict), which
+    :meth:`save_pretrained` writes to ``config.json``.
     """
 
     def __init__(
@@ -158,7 +164,7 @@ class ReferFormer(nn.Module):
         nn.init.constant_(bbox_embed.layers[-1].weight, 0)
         nn.init.constant_(bbox_embed.layers[-1].bias, 0)
         if with_box_refine:
-            # independent copies per decoder layer; only the first gets the box-size prior (quirk 10)
+            # independent copies per decoder layer; only the first gets the box-size prior (as in the original)
             self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_decoder_layers))
             self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_decoder_layers))
             nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], INITIAL_BOX_SIZE_LOGIT)
@@ -208,6 +214,22 @@ class ReferFormer(nn.Module):
         for layer in self.controller.layers:
             nn.init.zeros_(layer.bias)
             nn.init.xavier_uniform_(layer.weight)
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, **kwargs: Any) -> "ReferFormer":
+        """The model of a checkpoint file, a model folder or a Hugging Face Hub id, in eval mode on the CPU:
+        ``ReferFormer.from_pretrained("output/quickstart/train/checkpoint.pth")``. Keyword arguments and
+        errors: :func:`models.pretrained.from_pretrained`."""
+        from models.pretrained import from_pretrained
+
+        return from_pretrained(source, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write this model as a model folder (``model.safetensors``, ``config.json``, ``text_encoder/``,
+        ``README.md``) that :meth:`from_pretrained` reads; see :func:`models.pretrained.save_pretrained`."""
+        from models.pretrained import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
 
     def forward_text(self, captions: list[str], device: torch.device) -> tuple[NestedTensor, Tensor]:
         """Captions → word features ``[B, S, C]`` (mask ``[B, S]``) and sentence features ``[B, C]``."""
@@ -280,7 +302,7 @@ class ReferFormer(nn.Module):
             srcs.append(self.input_proj[level](feature.tensors))
             masks.append(feature.mask)
             poses.append(pos_l)
-        # stride-64 level from the raw res5 feature (not the fused one), mask from the image mask (quirk 2)
+        # stride-64 level from the raw res5 feature (not the fused one), mask from the image mask (as in the original)
         src = self.input_proj[NUM_BACKBONE_LEVELS](features[-1].tensors)
         mask = resize_mask(image_mask, src.shape[-2:])
         poses.append(self.backbone[1](NestedTensor(src, mask)).to(src.dtype))

@@ -9,7 +9,7 @@ Tokens travel channel-last, ``[B, *S, C]`` with ``S`` the spatial (or spatio-tem
 so one window partition serves both families. Numerics follow the original exactly:
 zero padding of the normed tokens to window multiples (padded tokens are not masked),
 ``torch.roll`` for shifted windows with a −100 mask between regions, ``q * scale`` before
-``q @ kᵀ``, and each stage output normed by its own LayerNorm ``norm{i}`` (SPEC §1.2).
+``q @ kᵀ``, and each stage output normed by its own LayerNorm ``norm{i}``.
 
 State-dict names (prefix ``backbone.0.body.``): ``patch_embed.{proj,norm}``,
 ``layers.{s}.blocks.{b}.{norm1,attn.{relative_position_bias_table,relative_position_index,qkv,
@@ -123,7 +123,7 @@ class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows, with a learned relative position bias.
 
     The bias table has ``Π(2·w − 1)`` rows × heads. When a window shrinks (Video Swin on small
-    inputs) the index is sliced to ``[:N, :N]``, as in the original (SPEC quirk 8).
+    inputs) the index is sliced to ``[:N, :N]``, as in the original.
     """
 
     def __init__(self, dim: int, window: tuple[int, ...], num_heads: int):

@@ -5,7 +5,7 @@ patch merging are those of :mod:`models.swin_transformer` with 3-D windows over
 (time, height, width): window (8, 7, 7), shifted by (4, 3, 3) in odd blocks, and shrunk to the
 input size with no shift along any axis that is not larger than its window (so a 5-frame clip has
 a 5-frame window and no temporal shift). The relative-position index is built for the full
-window and sliced ``[:N, :N]`` when a window shrinks, as in the original (SPEC quirk 8).
+window and sliced ``[:N, :N]`` when a window shrinks, as in the original.
 
 As in ReferFormer, each stage's patch merging is moved out of the stage into ``downsamples``,
 and the feature of stage i is the stage output **before** merging and **without** any norm

@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # RefCOCO/+/g pretraining on their concatenation (--dataset_file all), images as one-frame clips, text
 # encoder trained: 12 epochs, lr drop at 8 and 10; every epoch is evaluated on the three val splits.
-# These are the values the original intended (its script lost them after a comment, spec quirk 26).
+# These are the values the original intended (its script lost them after a comment).
 #
-#   scripts/dist_pretrain.sh GPUS OUTPUT_DIR [extra flags, e.g. --backbone swin_l_p4w7 --use_checkpoint]
+#   scripts/dist_pretrain.sh OUTPUT_DIR [flags for main.py]
+#   e.g. scripts/dist_pretrain.sh pretrain_dirs/swin_large --backbone swin_l_p4w7 --use_checkpoint \
+#            --backbone_pretrained pretrained_weights/swin_large_patch4_window7_224_22k.pth
 #
-# Effective batch of the original: 8 GPUs x 2 images; fewer GPUs accumulate --accum_iter = 8 / GPUS
-# (override with ACCUM_ITER=N). Rerunning continues from the newest checkpoint (--resume auto).
+# Weights: only the backbone starts pre-trained: ResNets from torchvision's ImageNet weights, Swin and
+# Video-Swin from the ImageNet / Kinetics-400 weights given with --backbone_pretrained FILE.
+#
+# Environment: GPUS (default: the GPUs of this machine, 1 without GPUs), GPUS_PER_NODE, PORT,
+# CPUS_PER_TASK, ACCUM_ITER (see scripts/README.md). The original's effective batch is 8 GPUs x 2
+# images: with fewer GPUs the script accumulates --accum_iter = 8 / GPUS iterations per step.
+# Paths are relative to the directory you start the script from (run it from the repository root
+# for the default data paths data/...). Rerunning continues from the newest checkpoint (--resume auto).
 set -euo pipefail
-if [ $# -lt 2 ]; then sed -n '2,9p' "$0"; exit 1; fi
-GPUS=$1; OUT=$2; shift 2
-ORIGINAL_GPUS=8
-ACCUM_ITER=${ACCUM_ITER:-$(( ORIGINAL_GPUS / GPUS > 0 ? ORIGINAL_GPUS / GPUS : 1 ))}
-cd "$(dirname "$0")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+check_output_dir_argument "$@"
+OUTPUT_DIR=$(absolute "$1")
+shift
+launch_settings
 
-torchrun --nproc_per_node "$GPUS" main.py --dataset_file all --with_box_refine --binary --batch_size 2 --num_frames 1 \
-    --output_dir "$OUT" --epochs 12 --lr_drop 8 10 --accum_iter "$ACCUM_ITER" --resume auto "$@"
+train --dataset_file all --with_box_refine --binary --batch_size 2 --num_frames 1 --epochs 12 --lr_drop 8 10 \
+    --output_dir "$OUTPUT_DIR" --accum_iter "$ACCUM_ITER" --resume auto "$@"

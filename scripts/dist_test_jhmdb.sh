@@ -2,11 +2,20 @@
 # JHMDB-Sentences: evaluate an A2D-Sentences model (no training on JHMDB, as the paper); the metrics
 # are printed and written to OUTPUT_DIR/eval.json.
 #
-#   scripts/dist_test_jhmdb.sh GPUS OUTPUT_DIR A2D_CHECKPOINT [extra flags, e.g. --backbone video_swin_b_p4w7]
+#   scripts/dist_test_jhmdb.sh OUTPUT_DIR WEIGHTS [flags for main.py, e.g. --backbone video_swin_b_p4w7]
+#
+# Weights: the A2D-Sentences model given as WEIGHTS.
+#
+# Environment: GPUS (default: the GPUs of this machine, 1 without GPUs), GPUS_PER_NODE, PORT,
+# CPUS_PER_TASK (see scripts/README.md). Paths are relative to the directory you start the script
+# from (run it from the repository root for the default data paths data/...).
 set -euo pipefail
-if [ $# -lt 3 ]; then sed -n '2,6p' "$0"; exit 1; fi
-GPUS=$1; OUT=$2; CKPT=$3; shift 3
-cd "$(dirname "$0")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+check_output_dir_argument "$@"
+OUTPUT_DIR=$(absolute "$1")
+WEIGHTS=$(weights_argument "${2:-}")
+shift 2
+launch_settings
 
-torchrun --nproc_per_node "$GPUS" main.py --dataset_file jhmdb --with_box_refine --freeze_text_encoder --batch_size 2 \
-    --output_dir "$OUT" --resume "$CKPT" --eval "$@"
+train --dataset_file jhmdb --with_box_refine --freeze_text_encoder --batch_size 2 \
+    --output_dir "$OUTPUT_DIR" --resume "$WEIGHTS" --eval "$@"

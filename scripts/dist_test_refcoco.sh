@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# RefCOCO/+/g val: REC precision@0.5 (bbox P@0.5) and RIS overall/mean IoU of a pretrained model, for
-# each of the three datasets; printed and written to OUTPUT_DIR/eval.json.
+# RefCOCO/+/g val: REC precision@0.5 (bbox P@0.5) and RIS overall/mean IoU, for each of the three
+# datasets; printed and written to OUTPUT_DIR/eval.json.
 #
-#   scripts/dist_test_refcoco.sh GPUS OUTPUT_DIR CHECKPOINT [extra flags, e.g. --backbone swin_l_p4w7]
+#   scripts/dist_test_refcoco.sh OUTPUT_DIR WEIGHTS [flags for main.py, e.g. --backbone swin_l_p4w7]
+#
+# Weights: the RefCOCO/+/g-pretrained model given as WEIGHTS.
+#
+# Environment: GPUS (default: the GPUs of this machine, 1 without GPUs), GPUS_PER_NODE, PORT,
+# CPUS_PER_TASK (see scripts/README.md). Paths are relative to the directory you start the script
+# from (run it from the repository root for the default data paths data/...).
 set -euo pipefail
-if [ $# -lt 3 ]; then sed -n '2,6p' "$0"; exit 1; fi
-GPUS=$1; OUT=$2; CKPT=$3; shift 3
-cd "$(dirname "$0")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+check_output_dir_argument "$@"
+OUTPUT_DIR=$(absolute "$1")
+WEIGHTS=$(weights_argument "${2:-}")
+shift 2
+launch_settings
 
-torchrun --nproc_per_node "$GPUS" main.py --dataset_file all --with_box_refine --binary --batch_size 16 --num_frames 1 \
-    --output_dir "$OUT" --resume "$CKPT" --eval "$@"
+train --dataset_file all --with_box_refine --binary --batch_size 16 --num_frames 1 \
+    --output_dir "$OUTPUT_DIR" --resume "$WEIGHTS" --eval "$@"

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Ref-DAVIS17 fine-tuning (not in the original's recipes, whose DAVIS numbers use the Ref-YTVOS
-# model as is): start from a Ref-YouTube-VOS checkpoint; the class head is re-initialised.
+# Ref-DAVIS17 fine-tuning (6 epochs, lr drop at 3 and 5). Not in the original's recipes, whose DAVIS
+# numbers use the Ref-YouTube-VOS model as it is (scripts/dist_test_davis.sh).
 #
-#   scripts/dist_train_davis.sh GPUS OUTPUT_DIR YTVOS_CHECKPOINT [extra flags]
+#   scripts/dist_train_davis.sh OUTPUT_DIR WEIGHTS [flags for main.py]
 #
-# Effective batch 8 as the Ref-YTVOS recipe: --accum_iter = 8 / GPUS (override with ACCUM_ITER=N).
+# Weights: fine-tunes from the Ref-YouTube-VOS checkpoint given as WEIGHTS (its class head is
+# re-initialised).
+#
+# Environment: GPUS (default: the GPUs of this machine, 1 without GPUs), GPUS_PER_NODE, PORT,
+# CPUS_PER_TASK, ACCUM_ITER (see scripts/README.md). Effective batch 8 clips as the Ref-YouTube-VOS
+# recipe: with fewer GPUs the script accumulates --accum_iter = 8 / GPUS iterations per step.
+# Paths are relative to the directory you start the script from (run it from the repository root
+# for the default data paths data/...). Rerunning continues from the newest checkpoint (--resume auto).
 set -euo pipefail
-if [ $# -lt 3 ]; then sed -n '2,8p' "$0"; exit 1; fi
-GPUS=$1; OUT=$2; PRETRAINED=$3; shift 3
-ORIGINAL_GPUS=8
-ACCUM_ITER=${ACCUM_ITER:-$(( ORIGINAL_GPUS / GPUS > 0 ? ORIGINAL_GPUS / GPUS : 1 ))}
-cd "$(dirname "$0")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+check_output_dir_argument "$@"
+OUTPUT_DIR=$(absolute "$1")
+WEIGHTS=$(weights_argument "${2:-}")
+shift 2
+launch_settings
 
-torchrun --nproc_per_node "$GPUS" main.py --dataset_file davis --with_box_refine --binary --freeze_text_encoder \
-    --output_dir "$OUT" --pretrained_weights "$PRETRAINED" --epochs 6 --lr_drop 3 5 \
-    --accum_iter "$ACCUM_ITER" --resume auto "$@"
+train --dataset_file davis --with_box_refine --binary --freeze_text_encoder --epochs 6 --lr_drop 3 5 \
+    --output_dir "$OUTPUT_DIR" --pretrained_weights "$WEIGHTS" --accum_iter "$ACCUM_ITER" --resume auto "$@"

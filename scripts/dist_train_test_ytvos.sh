@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
-# Ref-YouTube-VOS: fine-tune from RefCOCO-pretrained weights, then predict the valid split for CodaLab.
+# Ref-YouTube-VOS: fine-tune (6 epochs, lr drop at 3 and 5), then predict the valid split and write
+# the CodaLab submission zip OUTPUT_DIR/submission-valid.zip.
 #
-#   scripts/dist_train_test_ytvos.sh GPUS OUTPUT_DIR PRETRAINED_WEIGHTS [extra main.py/inference flags]
-#   e.g. scripts/dist_train_test_ytvos.sh 8 output/ytvos_r50 weights/r50_pretrained.pth --text_encoder weights/roberta-base
+#   scripts/dist_train_test_ytvos.sh OUTPUT_DIR [WEIGHTS] [flags for main.py and inference_ytvos.py]
+#   e.g. scripts/dist_train_test_ytvos.sh ytvos_dirs/swin_tiny pretrained_weights/swin_tiny_pretrained.pth \
+#            --backbone swin_t_p4w7 --text_encoder weights/roberta-base
 #
-# The original trained on 8 GPUs with 1 clip each (effective batch 8). With fewer GPUs the script
-# accumulates gradients to keep that batch: --accum_iter = 8 / GPUS (override with ACCUM_ITER=N).
-# Rerunning continues from the newest checkpoint in OUTPUT_DIR (--resume auto).
+# Weights: fine-tunes from the RefCOCO/+/g-pretrained checkpoint given as WEIGHTS (its class head is
+# not loaded). Without WEIGHTS (no second argument, or one that starts with --, as a command of the
+# original's docs has it) there is nothing to fine-tune from, and the from-scratch recipe
+# scripts/dist_train_test_ytvos_scratch.sh runs instead with the same arguments.
+#
+# Environment: GPUS (default: the GPUs of this machine, 1 without GPUs), GPUS_PER_NODE, PORT,
+# CPUS_PER_TASK, ACCUM_ITER (see scripts/README.md). The original's effective batch is 8 GPUs x 1
+# clip: with fewer GPUs the script accumulates --accum_iter = 8 / GPUS iterations per step.
+# Paths are relative to the directory you start the script from (run it from the repository root
+# for the default data paths data/...). Rerunning continues from the newest checkpoint (--resume auto).
 set -euo pipefail
-if [ $# -lt 3 ]; then sed -n '2,10p' "$0"; exit 1; fi
-GPUS=$1; OUT=$2; PRETRAINED=$3; shift 3
-ORIGINAL_GPUS=8
-ACCUM_ITER=${ACCUM_ITER:-$(( ORIGINAL_GPUS / GPUS > 0 ? ORIGINAL_GPUS / GPUS : 1 ))}
-cd "$(dirname "$0")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+check_output_dir_argument "$@"
+if (( $# < 2 )) || [[ $2 == --* ]]; then
+    echo "$(basename "$0"): no WEIGHTS given: running the from-scratch recipe dist_train_test_ytvos_scratch.sh" >&2
+    exec "$REPO_ROOT/scripts/dist_train_test_ytvos_scratch.sh" "$@"
+fi
+OUTPUT_DIR=$(absolute "$1")
+WEIGHTS=$(weights_argument "$2")
+shift 2
+launch_settings
 
-torchrun --nproc_per_node "$GPUS" main.py --dataset_file ytvos --with_box_refine --binary --freeze_text_encoder \
-    --output_dir "$OUT" --pretrained_weights "$PRETRAINED" --epochs 6 --lr_drop 3 5 \
-    --accum_iter "$ACCUM_ITER" --resume auto "$@"
+train --dataset_file ytvos --with_box_refine --binary --freeze_text_encoder --epochs 6 --lr_drop 3 5 \
+    --output_dir "$OUTPUT_DIR" --pretrained_weights "$WEIGHTS" --accum_iter "$ACCUM_ITER" --resume auto "$@"
 
-python inference_ytvos.py --dataset_file ytvos --with_box_refine --binary --freeze_text_encoder \
-    --output_dir "$OUT" --resume "$OUT/checkpoint.pth" --ngpu "$GPUS" "$@"
+predict inference_ytvos.py --dataset_file ytvos --with_box_refine --binary --freeze_text_encoder \
+    --output_dir "$OUTPUT_DIR" --resume "$OUTPUT_DIR/checkpoint.pth" "$@"

@@ -203,3 +203,19 @@ def test_expression_count_not_multiple_of_annotators_is_named(assets, tmp_path):
     meta.write_text(text)
     with pytest.raises(ValueError, match=f"{meta}.*bear.*multiple"):
         inference_davis.main(argv(assets, data, tmp_path / "out"))
+
+
+def test_resume_auto_uses_the_checkpoint_of_the_output_dir_or_says_there_is_none(assets, tmp_path, monkeypatch):
+    data = make_davis(tmp_path / "data")
+    output = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match=f"--resume auto: no complete checkpoint .* in --output_dir {output}"):
+        inference_davis.main(argv(assets, data, output, "--resume", "auto"))
+    output.mkdir()
+    shutil.copy(assets[1], output / "checkpoint.pth")
+    loaded = []
+    load_predictor = models.predictor.load_predictor
+    monkeypatch.setattr(models.predictor, "load_predictor",
+                        lambda args, path, *rest: (loaded.append(path), load_predictor(args, path, *rest))[1])
+    inference_davis.main(argv(assets, data, output, "--resume", "auto"))
+    assert loaded == [output / "checkpoint.pth"] and set(files_under(output / "valid")) == expected_files()
+

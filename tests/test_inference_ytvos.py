@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -228,6 +229,24 @@ def test_missing_checkpoint_flag(assets, data_copy, tmp_path):
     index = flags.index("--resume")
     with pytest.raises(ValueError, match="--resume"):
         inference_ytvos.main(flags[:index] + flags[index + 2 :])
+
+
+def test_resume_auto_predicts_with_the_newest_checkpoint_of_the_output_dir(assets, uninterrupted, tmp_path):
+    """Training's output directory: checkpoint.pth is the newest save; a damaged one is passed over."""
+    data, reference_output, _ = uninterrupted
+    _, checkpoint = assets
+    output = tmp_path / "out"
+    output.mkdir()
+    shutil.copy(checkpoint, output / "checkpoint0001.pth")
+    (output / "checkpoint.pth").write_bytes(b"killed while writing")
+    inference_ytvos.main(argv(assets, data, output, "--resume", "auto"))
+    assert files_under(output / "valid") == files_under(reference_output / "valid")
+
+
+def test_resume_auto_without_a_checkpoint_is_named(assets, data_copy, tmp_path):
+    output = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match=f"--resume auto: no complete checkpoint .* in --output_dir {output}"):
+        inference_ytvos.main(argv(assets, data_copy, output, "--resume", "auto"))
 
 
 def test_shard_splits_contiguously_without_loss():

@@ -23,7 +23,7 @@ from tools.data.prepare_a2d_jhmdb import prepare_a2d, prepare_jhmdb
 TINY_MODEL = [
     "--device", "cpu", "--with_box_refine", "--freeze_text_encoder", "--hidden_dim", "32", "--dim_feedforward", "32",
     "--enc_layers", "1", "--dec_layers", "2", "--num_queries", "2", "--mask_dim", "32", "--nheads", "4",
-    "--lr_backbone", "0", "--num_workers", "0", "--print_freq", "1", "--batch_size", "2",
+    "--lr_backbone", "0", "--num_workers", "0", "--print_freq", "1", "--batch_size", "2", "--backbone_from_scratch",
 ]
 REFEXP_NAMES = ("refcoco", "refcoco+", "refcocog")
 A2D_METRICS = ("original mAP 0.5:0.95", "top1 mAP 0.5:0.95", "P@0.5", "P@0.9", "overall_iou", "mean_iou")
@@ -102,6 +102,12 @@ def test_a2d_training_then_jhmdb_evaluation(tmp_path, text_encoder_dir):
                 "--jhmdb_path", str(jhmdb_root), "--eval", "--resume", str(out / "checkpoint.pth"))
     assert set(A2D_METRICS) <= set(jhmdb)
     assert json.loads((tmp_path / "jhmdb" / main_module.EVAL_FILE).read_text()) == jhmdb
+    # without the model flags: the checkpoint's options build the same model (the text encoder too)
+    flag_free = get_args_parser().parse_args([
+        "--device", "cpu", "--num_workers", "0", "--batch_size", "2", "--dataset_file", "jhmdb", "--num_frames", "3",
+        "--jhmdb_path", str(jhmdb_root), "--eval", "--resume", str(out / "checkpoint.pth"),
+        "--output_dir", str(tmp_path / "jhmdb_flag_free")])
+    assert main_module.main(flag_free) == jhmdb
 
 
 def test_eval_needs_weights_and_an_evaluated_dataset(tmp_path, text_encoder_dir):

@@ -64,6 +64,23 @@ def save_tiny_assets(directory: Path, seed: int = 0) -> tuple[Path, Path]:
     return text_dir, checkpoint
 
 
+def save_training_checkpoint(directory: Path, *flags: str, seed: int = 0) -> tuple[Path, Path, Path]:
+    """:func:`save_tiny_assets`, and the tiny model as ``main.py`` saves it: ``{"model", "args", "epoch": 0}``, its
+    options (``TINY_MODEL_FLAGS``, the text encoder, then ``flags``) under ``args``.
+
+    Returns:
+        ``(text_encoder_dir, bare_checkpoint, training_checkpoint)``; the last is ``directory/run/checkpoint.pth``.
+    """
+    from opts import get_args_parser
+    from util.checkpoint import load_checkpoint, save_checkpoint
+
+    text_dir, bare = save_tiny_assets(directory, seed)
+    args = get_args_parser().parse_args([*TINY_MODEL_FLAGS, "--text_encoder", str(text_dir), *flags])
+    checkpoint = directory / "run" / "checkpoint.pth"
+    save_checkpoint({"model": load_checkpoint(bare)["model"], "args": args, "epoch": 0}, checkpoint)
+    return text_dir, bare, checkpoint
+
+
 def write_frame(path: Path, width: int, height: int, seed: int) -> None:
     """A smooth random RGB frame as JPEG."""
     rng = np.random.default_rng(seed)

@@ -3,6 +3,12 @@
     python tools/quickstart.py            # about 15 minutes on 2 CPU cores; prints J&F (about 60) last
     python tools/quickstart.py --smoke    # a tiny run of every step (about a minute): checks the pipeline
 
+The full run uses ``data/ref-shapes`` and ``output/quickstart``, the smoke run ``data/ref-shapes-smoke``
+and ``output/quickstart-smoke``; relative paths are taken from the working directory, which may be
+any. Each folder gets a ``quickstart.json`` stamp with the settings it was made with: a rerun with
+the same settings reuses it, one with other settings makes it anew, and a folder the quick start
+did not make is refused.
+
 Steps, each logged to ``<output_dir>/logs/<step>.log`` (the commands are printed, so each can be rerun alone):
 
 1. ``data``: ``tools/data/make_ref_shapes.py`` writes the Ref-Shapes videos in the Ref-YouTube-VOS
@@ -83,6 +89,7 @@ class Recipe:
     """Everything a quick-start run depends on.
 
     Attributes:
+        name: ``"quickstart"`` or ``"smoke"`` (written in the folders' stamps).
         data: flags of ``make_ref_shapes.py`` (without ``--output``).
         text_encoder: flags of ``train_text_encoder.py`` (without paths).
         model: model flags, shared by training and inference.
@@ -91,6 +98,7 @@ class Recipe:
         epochs: ``--epochs`` (the step is done when ``checkpoint<epochs-1>.pth`` exists).
     """
 
+    name: str
     data: tuple[str, ...]
     text_encoder: tuple[str, ...]
     model: tuple[str, ...]
@@ -100,6 +108,7 @@ class Recipe:
 
 
 QUICKSTART = Recipe(
+    name="quickstart",
     data=("--seed", "0", "--num_train_videos", "250", "--num_valid_videos", "24", "--frames", "10",
           "--height", "128", "--width", "128", "--expressions_per_object", "2"),
     text_encoder=("--seed", "0"),
@@ -113,6 +122,7 @@ QUICKSTART = Recipe(
 )
 
 SMOKE = Recipe(
+    name="smoke",
     data=("--seed", "0", "--num_train_videos", "3", "--num_valid_videos", "2", "--frames", "4",
           "--height", "64", "--width", "64", "--expressions_per_object", "1"),
     text_encoder=("--seed", "0", "--intermediate_size", "64", "--pretrain_steps", "5"),
@@ -130,7 +140,7 @@ def log(message: str) -> None:
 
 
 def run_step(name: str, command: list[str], logs: Path, echo_mark: str | None = None) -> None:
-    """Run ``command`` from the repository root with its output in ``<logs>/<name>.log``; echo the lines
+    """Run ``command`` (from the caller's working directory, like every path here) with its output in ``<logs>/<name>.log``; echo the lines
     containing ``echo_mark``.
 
     Raises:
@@ -140,7 +150,7 @@ def run_step(name: str, command: list[str], logs: Path, echo_mark: str | None = 
     log_path = logs / f"{name}.log"
     log(f"  $ {' '.join(command)}\n    (log: {log_path})")
     with open(log_path, "w", encoding="utf-8") as log_file:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    errors="replace")
         assert process.stdout is not None
         for line in process.stdout:
@@ -159,45 +169,63 @@ def python(script: str, *flags: str) -> list[str]:
 
 
 def made_with(folder: Path, settings: dict) -> bool:
-    """Whether ``folder`` exists and was made with ``settings`` (``False`` if it does not exist).
+    """Whether ``folder`` holds what the quick start made with ``settings``.
+
+    ``False`` when it is missing or empty, or when the quick start made it with other settings: the
+    caller then makes it anew (the previous content is the quick start's own, e.g. a smoke run's).
 
     Raises:
-        FileExistsError: ``folder`` exists but with other settings, or not made by this script.
+        FileExistsError: ``folder`` holds files but no ``quickstart.json``: the quick start did not make it.
     """
-    if not folder.exists():
+    if not folder.exists() or not any(folder.iterdir()):
         return False
     stamp = folder / SETTINGS_FILE
-    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
+    if not stamp.is_file():
+        raise FileExistsError(f"{folder} exists but was not made by the quick start (it has no {SETTINGS_FILE}); "
+                              "remove it or choose another folder")
+    previous = json.loads(stamp.read_text())
+    if previous == settings:
         return True
-    raise FileExistsError(f"{folder} exists but was not made by the quick start with the settings of this run (no "
-                          f"matching {SETTINGS_FILE}); remove it or choose another folder")
+    made_by = f"the {previous['recipe']} recipe" if "recipe" in previous else "an older version of the quick start"
+    log(f"  {folder} was made by {made_by} with other settings; making it anew")
+    return False
+
+
+def data_settings(recipe: Recipe) -> dict:
+    """What the generated data depends on (the data folder's stamp)."""
+    return {"recipe": recipe.name, "data": list(recipe.data), "generator_version": DATASET_VERSION,
+            "text_encoder": list(recipe.text_encoder)}
 
 
 def make_data(recipe: Recipe, data_dir: Path, logs: Path) -> None:
     """Generate the dataset and its text encoder into ``data_dir`` (via ``<data_dir>.partial``, renamed at the end)."""
-    settings = {"data": list(recipe.data), "generator_version": DATASET_VERSION,
-                "text_encoder": list(recipe.text_encoder)}
-    if made_with(data_dir, settings):
+    if made_with(data_dir, data_settings(recipe)):
         log(f"  {data_dir} is up to date, skipped")
         return
     partial = data_dir.with_name(data_dir.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
+    for stale in (partial, data_dir):
+        if stale.exists():
+            shutil.rmtree(stale)
     run_step("data", python("tools/data/make_ref_shapes.py", "--output", str(partial), *recipe.data), logs)
     run_step("text_encoder", python("tools/data/train_text_encoder.py", "--data_root", str(partial),
                                     "--output", str(partial / "text_encoder"), *recipe.text_encoder), logs)
-    (partial / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    (partial / SETTINGS_FILE).write_text(json.dumps(data_settings(recipe), indent=2) + "\n")
     os.replace(partial, data_dir)
 
 
 def train(recipe: Recipe, flags: list[str], train_dir: Path, inference_dir: Path, logs: Path) -> None:
-    """Train with the model and data ``flags`` into ``train_dir`` (resuming an interrupted run); a new
-    checkpoint makes old predictions stale, so they are removed."""
-    settings = {"flags": flags, "train": list(recipe.train), "epochs": recipe.epochs}
+    """Train with the model and data ``flags`` into ``train_dir`` (resuming an interrupted run of the same
+    settings, replacing a run of other settings); a new checkpoint makes old predictions stale, so they
+    are removed."""
+    settings = {"recipe": recipe.name, "data": data_settings(recipe), "flags": flags, "train": list(recipe.train),
+                "epochs": recipe.epochs}
     last_checkpoint = train_dir / f"checkpoint{recipe.epochs - 1:04d}.pth"
-    if made_with(train_dir, settings) and last_checkpoint.is_file():
-        log(f"  {last_checkpoint} exists, skipped")
-        return
+    if made_with(train_dir, settings):
+        if last_checkpoint.is_file():
+            log(f"  {last_checkpoint} exists, skipped")
+            return
+    elif train_dir.exists():
+        shutil.rmtree(train_dir)
     train_dir.mkdir(parents=True, exist_ok=True)
     (train_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     if inference_dir.exists():
@@ -233,10 +261,17 @@ def write_overlay_gif(data_dir: Path, predictions: Path, out: Path) -> tuple[Pat
     return frame_path(data_dir, "valid", video, entry.frames[0]).parent, entry.expressions[0].text
 
 
+DEFAULT_DIRS = {False: ("output/quickstart", "data/ref-shapes"),
+                True: ("output/quickstart-smoke", "data/ref-shapes-smoke")}
+"""(output_dir, data_dir) by ``--smoke``: the smoke run never touches the full run's folders."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="CPU quick start: synthetic data, training, inference, J&F")
-    parser.add_argument("--output_dir", default="output/quickstart", help="checkpoints, predictions, logs, pictures")
-    parser.add_argument("--data_dir", default="data/ref-shapes", help="where the synthetic dataset is generated")
+    parser.add_argument("--output_dir", help="checkpoints, predictions, logs, pictures (default: "
+                        f"{DEFAULT_DIRS[False][0]}, with --smoke {DEFAULT_DIRS[True][0]})")
+    parser.add_argument("--data_dir", help="where the synthetic dataset is generated (default: "
+                        f"{DEFAULT_DIRS[False][1]}, with --smoke {DEFAULT_DIRS[True][1]})")
     parser.add_argument("--smoke", action="store_true", help="tiny data and model, one short epoch: checks the steps")
     return parser.parse_args(argv)
 
@@ -246,7 +281,8 @@ def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
     recipe = SMOKE if args.smoke else QUICKSTART
     start = time.perf_counter()
-    output_dir, data_dir = Path(args.output_dir), Path(args.data_dir)
+    default_output_dir, default_data_dir = DEFAULT_DIRS[args.smoke]
+    output_dir, data_dir = Path(args.output_dir or default_output_dir), Path(args.data_dir or default_data_dir)
     logs = output_dir / "logs"
     train_dir, inference_dir = output_dir / "train", output_dir / "inference"
     model_flags = [*recipe.model, "--text_encoder", str(data_dir / "text_encoder")]
@@ -281,8 +317,9 @@ def main(argv: list[str] | None = None) -> float:
     minutes, seconds = divmod(round(time.perf_counter() - start), 60)
     log(f"done in {minutes} min {seconds:02d} s; scores: {csv_paths(str(labels), DAVIS_SET)[0]}, submission: "
         f"{inference_dir / 'submission-valid.zip'}")
-    demo = ["python", "demo.py", "--video", str(video), "--text", f'"{text}"', "--checkpoint",
-            str(train_dir / "checkpoint.pth"), "--output_dir", "demo_output", *model_flags, *recipe.inference]
+    # no model flags: the demo reads them from the checkpoint
+    demo = ["python", os.path.relpath(ROOT / "demo.py"), "--video", str(video), "--text", f'"{text}"', "--checkpoint",
+            str(train_dir / "checkpoint.pth"), *recipe.inference]
     log(f"try the demo on any video or folder of frames:\n  {' '.join(demo)}")
     with open(motion_csv_path(labels), encoding="utf-8") as table:
         groups = {row["Expressions"]: row for row in csv.DictReader(table)}

@@ -70,16 +70,18 @@ class DistributedInfo:
     local_rank: int = 0
 
 
-def init_distributed_mode(device: str, dist_url: str = "env://") -> DistributedInfo:
+def init_distributed_mode(device: str, dist_url: str = "env://", local_rank: int | None = None) -> DistributedInfo:
     """Join the process group described by torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``.
 
     The backend is NCCL for a CUDA ``device`` (each process uses GPU ``LOCAL_RANK``) and gloo
     otherwise. Without those variables nothing happens and a single-process info is returned.
+    ``local_rank`` (``--local_rank``) is used when ``LOCAL_RANK`` is not set: launchers that pass
+    it on the command line instead (``torch.distributed.launch`` without ``--use_env``).
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistributedInfo()
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", local_rank or 0))
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(local_rank)

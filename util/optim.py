@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of ReferFormer training (spec 5).
+"""Optimizer and learning-rate schedule of ReferFormer training.
 
 AdamW over four parameter groups, in the original's order (the order is part of the checkpoint
 format: optimizer state is matched by position):

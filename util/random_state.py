@@ -1,7 +1,8 @@
 """Seeding and capturing the global random generators (python, NumPy, torch CPU and CUDA).
 
 The training loop's own randomness (dropout) draws from these; checkpoints store their state so
-that a resumed run continues the same random stream (spec 5 seeds each rank with seed + rank).
+that a resumed run continues the same random stream (each rank is seeded with seed + rank, as in the
+original).
 The captured state holds only tensors and plain Python values, so checkpoints stay loadable
 with ``torch.load(weights_only=True)``.
 """

@@ -1,4 +1,4 @@
-"""What a resumable training checkpoint holds, and how a run continues from one (spec 5, 8).
+"""What a resumable training checkpoint holds, and how a run continues from one.
 
 A checkpoint has the original's keys — ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``,
 ``args`` — plus what exact resumption needs:
@@ -71,7 +71,7 @@ def restore_training_state(checkpoint: dict[str, Any], model: nn.Module, optimiz
 
     The model loads non-strictly (missing and unexpected keys are logged), as in the original.
     A checkpoint without optimizer/scheduler/epoch (a released model) only sets the weights.
-    Learning rates follow the original's resume logic (spec 5, quirk 27): the current options'
+    Learning rates follow the original's resume logic: the current options'
     initial lrs become the schedule's base lrs and the milestones come from the checkpoint; when
     the initial lrs are unchanged, the checkpoint's lrs are kept bit for bit.
 

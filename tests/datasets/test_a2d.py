@@ -1,4 +1,4 @@
-"""A2D-Sentences clips (spec 4.3) on a generated miniature release, incl. bad input."""
+"""A2D-Sentences clips on a generated miniature release, incl. bad input."""
 from __future__ import annotations
 
 import json
@@ -38,7 +38,7 @@ def make_args(root, *extra):
 
 
 def sample_list(root, subset):
-    return root / "text_annotations" / f"a2d_sentences_single_frame_{subset}_annotations.json"
+    return root / f"a2d_sentences_single_frame_{subset}_annotations.json"
 
 
 def edit_samples(root, subset, edit):
@@ -183,10 +183,37 @@ def test_malformed_sample_list_names_file_and_record(root):
         a2d.build("train", make_args(root))
 
 
-def test_missing_sample_list_says_how_to_make_it(root):
+def test_missing_sample_list_names_every_place_looked_and_how_to_make_it(root):
     sample_list(root, "test").unlink()
-    with pytest.raises(FileNotFoundError, match="test_annotations.json.*prepare_a2d_jhmdb.py a2d"):
+    with pytest.raises(FileNotFoundError) as error:
         a2d.build("val", make_args(root))
+    name = "a2d_sentences_single_frame_test_annotations.json"
+    message = str(error.value)
+    assert str(root / name) in message and str(root / "text_annotations" / name) in message
+    assert "prepare_a2d_jhmdb.py a2d" in message
+
+
+def test_missing_coco_ground_truth_names_every_place_looked(root):
+    (root / "a2d_sentences_test_annotations_in_coco_format.json").unlink()
+    with pytest.raises(FileNotFoundError) as error:
+        a2d.coco_gt_path(root)
+    name = "a2d_sentences_test_annotations_in_coco_format.json"
+    assert str(root / name) in str(error.value) and str(root / "text_annotations" / name) in str(error.value)
+
+
+def test_prepared_files_in_text_annotations_are_read_too(root, caplog):
+    """The layout written by earlier versions of the prepare tool: the prepared files in text_annotations/."""
+    names = ["a2d_sentences_single_frame_train_annotations.json", "a2d_sentences_single_frame_test_annotations.json",
+             "a2d_sentences_test_annotations_in_coco_format.json"]
+    for name in names:
+        (root / name).rename(root / "text_annotations" / name)
+    assert a2d.coco_gt_path(root) == root / "text_annotations" / names[2]
+    assert len(a2d.build("val", make_args(root))) == 3
+    # with copies in both places the root's (the original's layout) is read, with a warning
+    edit = json.loads((root / "text_annotations" / names[1]).read_text())[:1]
+    (root / names[1]).write_text(json.dumps(edit))
+    assert len(a2d.build("val", make_args(root))) == 1
+    assert "exists in 2 places" in caplog.text
 
 
 def test_unknown_split(prepared):

@@ -1,4 +1,4 @@
-"""JHMDB-Sentences evaluation clips (spec 4.4) on a generated miniature release."""
+"""JHMDB-Sentences evaluation clips on a generated miniature release."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""A2D/JHMDB and RefCOCO evaluators (spec 6.4, 6.5) on hand-checked toy predictions.
+"""A2D/JHMDB and RefCOCO evaluators on hand-checked toy predictions.
 
 Toy images are 16x16 and model inputs are unpadded 16x16 frames, so ``pred_masks`` are 4x4
 logits (stride 4). Predicted masks are sets of whole rows of that grid (logit +10 on the rows, -10

@@ -1,4 +1,4 @@
-"""Clip transforms (spec 4.7): caption flip, resize rule, crop, Check, photometric distortion."""
+"""Clip transforms: caption flip, resize rule, crop, Check, photometric distortion."""
 from __future__ import annotations
 
 import numpy as np

@@ -150,15 +150,13 @@ def _empty_expression(root):
     return "video video1, expression 1", "empty expression"
 
 
-def _short_video(root):
-    def cut(data):
-        data["videos"]["video1"]["frames"] = data["videos"]["video1"]["frames"][:2]
-    edit_expressions(root, cut)
-    return "video video1, expression 0", "2 frames"
+def _frameless_video(root):
+    edit_expressions(root, lambda d: d["videos"]["video1"].update(frames=[]))
+    return "video video1, expression 0", "lists no frames"
 
 
 FILE_PROBLEMS = [_corrupt_frame, _missing_frame, _missing_annotation]
-METADATA_PROBLEMS = [_absent_object, _empty_expression, _short_video]
+METADATA_PROBLEMS = [_absent_object, _empty_expression, _frameless_video]
 
 
 def _load_all(dataset):
@@ -172,8 +170,25 @@ def _load_all(dataset):
 def test_bad_files_name_video_frame_and_file(root, break_dataset):
     where, file_name = break_dataset(root)
     dataset = build_dataset("ytvos", "train", make_args(root, "--num_frames", "6"))
-    with pytest.raises(BadSampleError, match=f"{where}.*{file_name}"):
+    with pytest.raises(BadSampleError, match=f"{where}.*{file_name}") as error:
         list(_load_all(dataset))
+    assert "pass --skip_bad_samples to train on without such samples" in str(error.value)
+    assert "replaced by a random other sample" in str(error.value)
+
+
+@pytest.mark.parametrize("dataset_file", ["ytvos", "davis"])
+def test_video_shorter_than_a_clip_repeats_frames(root, dataset_file):
+    """The original samples short videos with repetition instead of rejecting them."""
+    edit_expressions(root, lambda d: d["videos"]["video1"].update(frames=d["videos"]["video1"]["frames"][:2]))
+    dataset = build_dataset(dataset_file, "train", make_args(root, "--num_frames", "5"))
+    short = [i for i, sample in enumerate(dataset.samples) if sample.video == "video1"]
+    assert len(short) == 2  # 2 expressions x anchor 0
+    loaded = [dataset[index] for index in short]
+    assert any(target["video"] == "video1" for _, target in loaded)  # not all replaced (object cropped away)
+    for clip, target in loaded:
+        assert clip.shape[0] == 5 and target["masks"].shape[0] == 5
+        if target["video"] == "video1":
+            assert sorted(set(target["frames_idx"].tolist())) == [0, 1]  # both frames, some more than once
 
 
 @pytest.mark.parametrize("break_dataset", FILE_PROBLEMS)

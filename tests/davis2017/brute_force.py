@@ -1,4 +1,4 @@
-"""Straightforward per-pixel J and F, written from the definitions (SPEC §6.3) and independent of `davis2017`.
+"""Straightforward per-pixel J and F, written from the definitions and independent of `davis2017`.
 
 Slow pure-Python loops; meant for masks of a few thousand pixels.
 """

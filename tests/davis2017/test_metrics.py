@@ -240,7 +240,7 @@ def test_decay_uint8_wraparound():
     # promotion, which the toolkit ran on) → last bin v[191:256].
     values = np.linspace(1, 0, 256)
     assert mean_recall_decay(values)[2] == pytest.approx(values[:65].mean() - values[191:].mean(), abs=1e-12)
-    # 257 frames: last edge 256 wraps to 0 → last bin empty → Decay NaN (SPEC §9, quirk 31).
+    # 257 frames: last edge 256 wraps to 0 → last bin empty → Decay NaN, as in the toolkit.
     assert math.isnan(mean_recall_decay(np.linspace(1, 0, 257))[2])
 
 

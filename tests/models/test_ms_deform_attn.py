@@ -242,6 +242,6 @@ def test_module_reference_core_switch_gives_the_same_output() -> None:
     fill_by_rule(module)
     inputs = small_inputs(reference_dim=4)
     fast = module(**inputs)[0]
-    module.use_reference_core = True
+    module.core_impl = "reference"
     reference = module(**inputs)[0]
     assert_close_to_scale(fast, reference, RANDOM_REL, "reference core switch")

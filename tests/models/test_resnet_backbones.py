@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.backbone import BACKBONES, RESNET_CHANNELS, RESNET_TRAINABLE_STAGES, build_backbone
+from models.backbone import (BACKBONES, RESNET_CHANNELS, RESNET_TRAINABLE_STAGES, build_backbone,
+                             resnet_imagenet_weights)
 from util.checkpoint import load_model_state, model_state_from_checkpoint
 
 
@@ -62,3 +63,36 @@ def test_from_scratch_weights_give_the_same_features_in_a_default_resnet():
     with torch.no_grad():
         for expected, actual in zip(trained(frames, num_frames=1), default(frames, num_frames=1)):
             torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+# The files torchvision publishes as IMAGENET1K_V1 (the original's pretrained=True).
+IMAGENET_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet34": "resnet34-b627a593.pth",
+                  "resnet50": "resnet50-0676ba61.pth", "resnet101": "resnet101-63fe2227.pth"}
+
+
+@pytest.mark.parametrize("name", sorted(RESNET_CHANNELS))
+def test_imagenet_weights_are_torchvisions_v1_files(name):
+    weights = resnet_imagenet_weights(name)
+    assert weights.url.rsplit("/", 1)[-1] == IMAGENET_FILES[name] and weights.name == "IMAGENET1K_V1"
+    with pytest.raises(ValueError, match="not a ResNet backbone"):
+        resnet_imagenet_weights("swin_t_p4w7")
+
+
+def test_backbone_pretrained_takes_a_torchvision_imagenet_file(tmp_path):
+    """A raw torchvision state dict, classifier (fc.*) and BatchNorm counters included."""
+    import torchvision
+
+    torch.manual_seed(7)
+    imagenet = torchvision.models.resnet18(weights=None)
+    for module in imagenet.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(module.running_var, 0.5, 2.0)
+    path = tmp_path / IMAGENET_FILES["resnet18"]
+    torch.save(imagenet.state_dict(), path)
+    joiner = build_backbone("resnet18", hidden_dim=32, train_backbone=True, pretrained_path=str(path))
+    loaded = joiner[0].body.state_dict()
+    expected = {key: value for key, value in imagenet.state_dict().items()
+                if not key.startswith("fc.") and not key.endswith("num_batches_tracked")}
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[key], value) for key, value in expected.items())
+

@@ -11,8 +11,6 @@ from datasets.meta import DatasetFormatError
 from tests.datasets.synthetic_a2d import JHMDB_VIDEOS, a2d_box, box_mask, jhmdb_box, write_a2d, write_jhmdb
 from tools.data.prepare_a2d_jhmdb import main, prepare_a2d, prepare_jhmdb
 
-TEXT = "text_annotations"
-
 
 @pytest.fixture()
 def a2d_root(tmp_path):
@@ -25,20 +23,21 @@ def jhmdb_root(tmp_path):
 
 
 def test_a2d_sample_lists_follow_queries_then_frames(a2d_root, caplog):
-    prepare_a2d(a2d_root)
-    train = json.loads((a2d_root / TEXT / "a2d_sentences_single_frame_train_annotations.json").read_text())
-    test = json.loads((a2d_root / TEXT / "a2d_sentences_single_frame_test_annotations.json").read_text())
+    prepare_a2d(a2d_root)  # into the --a2d_path root, where the original's layout has MTTR's files
+    train = json.loads((a2d_root / "a2d_sentences_single_frame_train_annotations.json").read_text())
+    test = json.loads((a2d_root / "a2d_sentences_single_frame_test_annotations.json").read_text())
     # query rows in file order, then the annotated frames whose instance list holds the query's instance;
     # vidC is a missed video, "1 (copy)" is not an instance id, queries are lower-cased
     assert train == [["the man  on the left", "vidA", 3, 1], ["the man  on the left", "vidA", 6, 1],
                      ["a dog", "vidA", 3, 2]]
     assert test == [["a red ball", "vidB", 1, 1], ["the bright car", "vidB", 1, 2], ["the bright car", "vidB", 6, 2]]
     assert "1 (copy)" in caplog.text
+    assert not list((a2d_root / "text_annotations").glob("*.json"))
 
 
 def test_a2d_coco_ground_truth_reads_with_pycocotools(a2d_root):
     prepare_a2d(a2d_root)
-    coco = COCO(str(a2d_root / TEXT / "a2d_sentences_test_annotations_in_coco_format.json"))
+    coco = COCO(str(a2d_root / "a2d_sentences_test_annotations_in_coco_format.json"))
     assert list(coco.imgs) == ["v_vidB_f_1_i_1", "v_vidB_f_1_i_2", "v_vidB_f_6_i_2"]
     for image_id, (frame, instance) in zip(coco.imgs, ((1, 1), (1, 2), (6, 2))):
         (annotation,) = coco.imgToAnns[image_id]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import pickle
 from collections import OrderedDict
@@ -10,16 +11,24 @@ import pytest
 import torch
 from torch import nn
 
+from opts import get_args_parser
+from tests.golden import REFERENCE_DIR
 from util.checkpoint import (
     MAX_LISTED_KEYS,
     CheckpointMismatchError,
+    DamagedCheckpointError,
     UnsafeCheckpointError,
+    infer_model_options,
     load_checkpoint,
     load_model_state,
     load_resnet_imagenet_weights,
+    load_trained_state,
+    load_weights_file,
     model_state_from_checkpoint,
     save_checkpoint,
+    save_weights_file,
     tied_key_groups,
+    torchvision_weights_file,
 )
 
 
@@ -187,16 +196,16 @@ def test_model_entry_prefix_and_stale_keys(caplog):
         "text_encoder.embeddings.token_type_ids": torch.zeros(1, 5, dtype=torch.long),
         "total_ops": torch.zeros(1),
         "head.total_params": torch.zeros(1),
-        "backbone.0.body.bn1.num_batches_tracked": torch.tensor(0),
     }
-    wrapped = OrderedDict((f"module.{key}", value) for key, value in {**state, **stale}.items())
+    counter = {"backbone.0.body.bn1.num_batches_tracked": torch.tensor(0)}  # kept, and ignored where no module has it
+    wrapped = OrderedDict((f"module.{key}", value) for key, value in {**state, **stale, **counter}.items())
     wrapped._metadata = OrderedDict([("", {"version": 1}), ("module", {"version": 1}), ("module.norm", {"version": 2})])
     checkpoint = {"model": wrapped, "epoch": 3, "args": argparse.Namespace(lr=1e-4)}
 
     with caplog.at_level(logging.INFO, logger="util.checkpoint"):
         converted = model_state_from_checkpoint(checkpoint, source="c.pth")
-    assert list(converted) == list(state)
-    assert "dropped 5 stale checkpoint keys in c.pth" in caplog.text
+    assert list(converted) == [*state, *counter]
+    assert "dropped 4 checkpoint keys in c.pth" in caplog.text
     assert converted._metadata == OrderedDict([("", {"version": 1}), ("norm", {"version": 2})])
     assert load_model_state(model, converted).complete
 
@@ -287,18 +296,289 @@ def test_resnet_imagenet_weights_drop_the_classifier(tmp_path):
     assert torch.equal(body.conv1.weight, imagenet.conv1.weight)
 
 
-def test_batchnorm_model_loads_strictly_without_its_step_counters():
-    """--backbone_from_scratch has ordinary BatchNorm: its counters are dropped, its statistics load."""
+def test_batchnorm_step_counters_load_where_the_model_has_them_and_are_never_required(caplog):
+    """--backbone_from_scratch has ordinary BatchNorm: its statistics and step counters load (a resumed run
+    continues the counter), quietly; a model without counters (FrozenBatchNorm2d) ignores them, and a
+    checkpoint without them (the original's) loads too."""
     source = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     source.train()
-    source(torch.rand(2, 3, 8, 8) * 3)
-    state = model_state_from_checkpoint({"model": source.state_dict()})
-    assert "1.num_batches_tracked" not in state
+    for _ in range(3):
+        source(torch.rand(2, 3, 8, 8) * 3)
+    with caplog.at_level(logging.DEBUG, logger="util.checkpoint"):
+        state = model_state_from_checkpoint({"model": source.state_dict()}, source="from_scratch.pth")
+    assert caplog.text == ""
     target = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     report = load_model_state(target, state, strict=True)
     assert report.missing_keys == () and report.unexpected_keys == ()
     torch.testing.assert_close(target[1].running_mean, source[1].running_mean)
     torch.testing.assert_close(target[1].running_var, source[1].running_var)
+    assert target[1].num_batches_tracked.item() == 3
+
+    from models.backbone import FrozenBatchNorm2d
+
+    frozen = nn.Sequential(nn.Conv2d(3, 4, 3), FrozenBatchNorm2d(4))
+    assert load_model_state(frozen, state, strict=True).complete
+    torch.testing.assert_close(frozen[1].running_var, source[1].running_var)
+    without_counter = {key: value for key, value in state.items() if not key.endswith("num_batches_tracked")}
+    assert load_model_state(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), without_counter).complete
     del state["1.running_var"]
     with pytest.raises(CheckpointMismatchError, match=r"1 missing keys[\s\S]*1\.running_var"):
         load_model_state(target, state, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# load_trained_state: the mismatch error names the options to pass
+class TextModel(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.text_encoder = nn.Linear(3, width)
+        self.head = nn.Linear(3, 2)
+
+
+def test_mismatch_names_the_text_encoder_and_keeps_the_key_lists():
+    saved = get_args_parser().parse_args([])
+    args = get_args_parser().parse_args(["--text_encoder", "weights/small-roberta"])
+    with pytest.raises(CheckpointMismatchError) as error:
+        load_trained_state(TextModel(5), TextModel(4).state_dict(), args, saved_options=saved, source="trained.pth")
+    message = str(error.value)
+    assert "2 shape mismatches" in message and "text_encoder.weight: checkpoint [4, 3] vs model [5, 3]" in message
+    assert message.endswith("Its text encoder does not fit --text_encoder weights/small-roberta (it was trained "
+                            "with --text_encoder roberta-base).")
+    assert set(error.value.keys) == {"text_encoder.weight", "text_encoder.bias"}
+
+
+def test_mismatch_without_stored_options_or_differences_is_the_plain_key_list():
+    args = get_args_parser().parse_args([])
+    for saved, state in ((None, TextModel(4).state_dict()), (args, {"head.weight": torch.zeros(2, 3)})):
+        with pytest.raises(CheckpointMismatchError) as error:
+            load_trained_state(TextModel(5), state, args, saved_options=saved, source="trained.pth")
+        assert "trained with" not in str(error.value) and "does not match the model" in str(error.value)
+
+
+def roberta_like_state(layers: int, width: int, vocabulary: int) -> dict[str, torch.Tensor]:
+    state = {"text_encoder.embeddings.word_embeddings.weight": torch.zeros(vocabulary, width)}
+    state.update({f"text_encoder.encoder.layer.{i}.output.dense.weight": torch.zeros(width, 2) for i in range(layers)})
+    return state
+
+
+class RobertaLike(nn.Module):
+    """Holds the keys describe_text_encoder reads, for a text encoder of the given size."""
+
+    def __init__(self, layers: int, width: int, vocabulary: int):
+        super().__init__()
+        self.text_encoder = nn.Module()
+        self.text_encoder.embeddings = nn.Module()
+        self.text_encoder.embeddings.word_embeddings = nn.Embedding(vocabulary, width)
+        self.text_encoder.encoder = nn.Module()
+        self.text_encoder.encoder.layer = nn.ModuleList(nn.Module() for _ in range(layers))
+        for block in self.text_encoder.encoder.layer:
+            block.output = nn.Module()
+            block.output.dense = nn.Linear(2, width, bias=False)
+
+
+def test_a_bare_state_dict_whose_text_encoder_does_not_fit_is_described_by_size():
+    args = get_args_parser().parse_args(["--text_encoder", "weights/roberta-base"])
+    with pytest.raises(CheckpointMismatchError) as error:
+        load_trained_state(RobertaLike(12, 768, 50265), roberta_like_state(1, 768, 954), args, saved_options=None,
+                           source="bare.pth")
+    assert str(error.value).endswith(
+        "Its text encoder (1 layers, width 768, vocabulary 954) is not the one of --text_encoder weights/roberta-base "
+        "(12 layers, width 768, vocabulary 50265): pass the text encoder it was trained with.")
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision weights in the torch hub cache
+class FakeWeights:
+    """Stands for a torchvision WeightsEnum member: only ``url`` is read."""
+
+    url = "https://example.invalid/models/resnet18-f37072fd.pth"
+
+    def __str__(self) -> str:
+        return "ResNet18_Weights.IMAGENET1K_V1"
+
+
+def test_cached_weights_are_found_without_downloading(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("must not download"))
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")
+    assert torchvision_weights_file(FakeWeights(), download=True) == cached
+
+
+def test_missing_weights_are_downloaded_into_the_cache_with_their_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    calls = []
+
+    def download(url, destination, hash_prefix=None, progress=True):
+        calls.append((url, destination, hash_prefix))
+        with open(destination, "wb") as file:
+            file.write(b"weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    path = torchvision_weights_file(FakeWeights(), download=True)
+    assert path == tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth" and path.read_bytes() == b"weights"
+    assert calls == [(FakeWeights.url, str(path), "f37072fd")]
+
+
+def test_missing_weights_offline_name_the_file_the_directory_and_the_alternatives(tmp_path, monkeypatch):
+    import urllib.error
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url, destination, hash_prefix=None, progress=True):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    directory = tmp_path / "hub" / "checkpoints"
+    for download in (True, False):
+        with pytest.raises(FileNotFoundError) as error:
+            torchvision_weights_file(FakeWeights(), download=download)
+        message = str(error.value)
+        assert f"resnet18-f37072fd.pth (ResNet18_Weights.IMAGENET1K_V1" in message and f"not in {directory}" in message
+        assert "--backbone_pretrained FILE" in message and "--backbone_from_scratch" in message
+        assert ("Temporary failure in name resolution" in message) == download
+    assert not any(directory.iterdir())
+
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged files name the file and the damage
+def test_a_truncated_zip_checkpoint_is_named(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint({"model": {"w": torch.randn(100, 100)}}, path)
+    path.write_bytes(path.read_bytes()[:20000])
+    with pytest.raises(DamagedCheckpointError, match=rf"^checkpoint {path} \(20000 bytes\) is truncated or corrupted: "
+                                                    r"it is a zip-format checkpoint without its closing index"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.01, 0.3, 0.6, 0.99])
+def test_a_truncated_legacy_checkpoint_is_named_wherever_it_is_cut(tmp_path, fraction):
+    """The original's legacy format: depending on where the file ends, torch.load fails with EOFError,
+    struct.error ("unpack requires a buffer of 2 bytes"), an unpickling error or a RuntimeError."""
+    path = tmp_path / "original.pth"
+    torch.save({"model": {"w": torch.randn(50, 50)}, "args": argparse.Namespace(lr=1e-4, backbone="resnet50")}, path,
+               _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(DamagedCheckpointError, match=rf"^checkpoint {path} \(\d+ bytes\) is truncated or corrupted"):
+        load_checkpoint(path)
+
+
+def test_an_empty_checkpoint_is_named(tmp_path):
+    path = tmp_path / "empty.pth"
+    path.touch()
+    with pytest.raises(DamagedCheckpointError, match=r"empty.pth \(0 bytes\) is truncated or corrupted: it is empty"):
+        load_checkpoint(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# safetensors weights files: tied tensors stored once
+class TiedHeads(nn.Module):
+    """Two names for one head, as the box-refinement heads of ReferFormer."""
+
+    def __init__(self):
+        super().__init__()
+        self.decoder = nn.Module()
+        self.bbox_embed = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+        self.decoder.bbox_embed = self.bbox_embed
+        self.other = nn.Linear(2, 3)
+
+
+def test_weights_file_stores_tied_tensors_once_and_gives_back_every_name(tmp_path):
+    from safetensors import safe_open
+
+    model = TiedHeads()
+    save_weights_file(model, tmp_path / "model.safetensors")
+    with safe_open(tmp_path / "model.safetensors", framework="pt") as file:
+        stored = set(file.keys())
+    assert stored == {"bbox_embed.0.weight", "bbox_embed.0.bias", "bbox_embed.1.weight", "bbox_embed.1.bias",
+                      "other.weight", "other.bias"}
+    state = load_weights_file(tmp_path / "model.safetensors")
+    assert state.keys() == model.state_dict().keys()
+    assert state["decoder.bbox_embed.1.weight"] is state["bbox_embed.1.weight"]
+    target = TiedHeads()
+    load_model_state(target, state)
+    assert target.decoder.bbox_embed[1].weight is target.bbox_embed[1].weight
+    for key, value in model.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+
+
+def test_a_damaged_weights_file_is_named(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
+    with pytest.raises(DamagedCheckpointError, match=rf"^weights file {path} \(\d+ bytes\) is truncated"):
+        load_weights_file(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# model options read off a bare state dict
+# What every key schema of tests/golden/keys was made with (tests/golden/README.md): the original's defaults
+# plus --with_box_refine --binary.
+GOLDEN_SCHEMA_OPTIONS = {
+    "hidden_dim": 256, "num_feature_levels": 4, "enc_layers": 4, "dec_layers": 4, "dim_feedforward": 2048,
+    "nheads": 8, "enc_n_points": 4, "dec_n_points": 4, "num_queries": 5, "with_box_refine": True, "mask_dim": 256,
+    "controller_layers": 3, "dynamic_mask_channels": 8, "rel_coord": True, "binary": True, "dataset_file": "ytvos",
+    "backbone_from_scratch": False,
+}
+KEY_SCHEMAS = ["resnet50", "resnet101", "swin_t_p4w7", "swin_s_p4w7", "swin_b_p4w7", "swin_l_p4w7",
+               "video_swin_t_p4w7", "video_swin_s_p4w7", "video_swin_b_p4w7"]
+
+
+def schema_state(backbone: str) -> dict[str, torch.Tensor]:
+    """Every key of the full-size model with its shape, as tensors without memory."""
+    keys = json.loads((REFERENCE_DIR / "keys" / f"{backbone}.json").read_text())
+    return {key: torch.empty(shape, device="meta") for key, shape in keys.items()}
+
+
+@pytest.mark.parametrize("backbone", KEY_SCHEMAS)
+def test_the_options_of_every_released_architecture_are_read_off_its_keys(backbone):
+    options = infer_model_options(schema_state(backbone), run_options=get_args_parser().parse_args([]))
+    assert options == {"backbone": backbone, **GOLDEN_SCHEMA_OPTIONS}
+
+
+def test_non_default_options_of_a_small_model_are_read_off_its_keys():
+    from models import build_model
+    from models.text_encoder import load_tokenizer, text_encoder_from_config
+    from tests.golden import TOKENIZER_DIR, load_case
+
+    chosen = {"backbone": "resnet18", "backbone_from_scratch": True, "hidden_dim": 32, "num_feature_levels": 4,
+              "enc_layers": 1, "dec_layers": 3, "dim_feedforward": 48, "nheads": 4, "enc_n_points": 2,
+              "dec_n_points": 3, "num_queries": 2, "with_box_refine": False, "mask_dim": 16, "controller_layers": 4,
+              "dynamic_mask_channels": 6, "rel_coord": False, "binary": False, "dataset_file": "ref_shapes"}
+    flags = ["--backbone", "resnet18", "--backbone_from_scratch", "--hidden_dim", "32", "--enc_layers", "1",
+             "--dec_layers", "3", "--dim_feedforward", "48", "--nheads", "4", "--enc_n_points", "2", "--dec_n_points",
+             "3", "--num_queries", "2", "--mask_dim", "16", "--controller_layers", "4", "--dynamic_mask_channels", "6",
+             "--no_rel_coord", "--dataset_file", "ref_shapes"]
+    text_encoder = text_encoder_from_config(load_case("model_eval_r50.pt")["text_encoder_config"])
+    model, _, _ = build_model(get_args_parser().parse_args(flags), tokenizer=load_tokenizer(str(TOKENIZER_DIR)),
+                              text_encoder=text_encoder)
+    # the run's --nheads splits heads x points; the run's dataset (ytvos, 65 classes) does not fit 5 classes
+    run = get_args_parser().parse_args(["--nheads", "4"])
+    # 193 controller outputs over 16 mask channels fit two heads without relative coordinates
+    with pytest.raises(ValueError, match=r"the controller predicts 193 parameters per query, which fit these "
+                                         r"dynamic mask heads over 16 mask channels: controller_layers 8, "
+                                         r"dynamic_mask_channels 4, rel_coord False; controller_layers 4, "
+                                         r"dynamic_mask_channels 6, rel_coord False. Pass the checkpoint's "
+                                         r"--controller_layers"):
+        infer_model_options(model.state_dict(), run_options=run)
+    run = get_args_parser().parse_args(["--nheads", "4", "--controller_layers", "4"])
+    assert infer_model_options(model.state_dict(), run_options=run) == chosen
+
+
+def test_a_state_dict_of_no_known_backbone_or_not_of_referformer_is_named():
+    state = {key: value for key, value in schema_state("resnet50").items() if ".layer4.2." not in key}
+    with pytest.raises(ValueError, match=r"the backbone weights of bare.pth are none of the known backbones"):
+        infer_model_options(state, run_options=get_args_parser().parse_args([]), source="bare.pth")
+    with pytest.raises(ValueError, match=r"bare.pth is not a ReferFormer state dict: it has no "
+                                         r"transformer.level_embed"):
+        infer_model_options({"fc.weight": torch.zeros(2, 2)}, run_options=get_args_parser().parse_args([]),
+                            source="bare.pth")
+
+
+def test_heads_times_points_that_the_run_heads_do_not_divide_ask_for_nheads():
+    with pytest.raises(ValueError, match=r"heads x sampling points = 32, which --nheads 6 does not divide; pass the "
+                                         r"--nheads it was trained with"):
+        infer_model_options(schema_state("resnet50"), run_options=get_args_parser().parse_args(["--nheads", "6"]),
+                            source="bare.pth")

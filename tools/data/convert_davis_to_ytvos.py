@@ -1,4 +1,4 @@
-"""Convert Ref-DAVIS17 to the Ref-YouTube-VOS layout (spec 4.2).
+"""Convert Ref-DAVIS17 to the Ref-YouTube-VOS layout.
 
     python tools/data/convert_davis_to_ytvos.py --davis_path data/ref-davis [--copy]
 

@@ -1,4 +1,4 @@
-"""Convert RefCOCO / RefCOCO+ / RefCOCOg to COCO-format files, one "image" per sentence (spec 4.5).
+"""Convert RefCOCO / RefCOCO+ / RefCOCOg to COCO-format files, one "image" per sentence.
 
     python tools/data/convert_refexp_to_coco.py --coco_path data/coco [--datasets refcoco refcoco+ refcocog]
 

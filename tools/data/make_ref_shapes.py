@@ -27,7 +27,7 @@ of the video has; shorter descriptions, and those naming the shape, are drawn mo
 and "right" appear only as whole words, so a horizontal flip of the clip together with the
 left/right word swap of the training transforms keeps every expression true.
 
-Layout written under ``--output`` (spec 4.1)::
+Layout written under ``--output`` (Ref-YouTube-VOS's)::
 
     train/JPEGImages/<video>/<frame>.jpg     frames 00000, 00005, … (Ref-YouTube-VOS numbering)
     train/Annotations/<video>/<frame>.png    palette PNG, pixel = object id 1..n, 0 = background
@@ -47,11 +47,30 @@ The Ref-YouTube-VOS inference output ``<out>/valid/<video>/<exp_id>/<frame>.png`
 sequence names, so that folder is a DAVIS results folder once its 0/255 masks are turned into 0/1
 label maps.
 
+``--layout mevis`` writes the same kind of videos in the MeViS layout instead, for
+``--dataset_file mevis`` and ``eval_mevis.py``: splits ``train``, ``valid_u`` (with masks, scored
+offline) and ``valid`` (without, zipped for a server), frames numbered ``00000``, ``00001``, …, and
+besides the single-object expressions above up to ``GROUP_EXPRESSIONS_PER_VIDEO`` per video that
+refer to several objects at once, e.g. "the two red shapes", "the shapes moving left" or "the small
+squares standing still" (size, colour, shape and motion that at least two objects share; sides
+single out one object only, so they are left out)::
+
+    <split>/JPEGImages/<video>/<frame>.jpg
+    <split>/meta_expressions.json    {"videos": {video: {"expressions": {exp_id: {"exp", "obj_id": [...],
+                                      "anno_id": [...]}}, "frames": [...]}}}; valid: only "exp"
+    <split>/mask_dict.json           train and valid_u: {anno_id: [COCO RLE of the object's visible pixels,
+                                      or null where it is hidden, per frame]}
+
+``obj_id`` counts a video's objects from 0 and ``anno_id`` a split's objects from 0, as in MeViS.
+The train videos are those of the Ref-YouTube-VOS layout with the same seed (plus the group
+expressions), the valid ones too; the valid_u videos are drawn from a stream of their own.
+
 Same ``--seed`` → byte-identical files. Every video draws from its own random stream, seeded by
 (seed, split, video index), so changing the number of videos of one split leaves the other
 split's videos, and the first videos of the same split, unchanged.
 
     python tools/data/make_ref_shapes.py --output data/ref-shapes --seed 0
+    python tools/data/make_ref_shapes.py --layout mevis --output data/ref-shapes-mevis --seed 0
 """
 from __future__ import annotations
 
@@ -66,6 +85,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +93,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from datasets.categories import REF_SHAPES_CATEGORIES  # noqa: E402
+from datasets.mevis import MASK_DICT_FILE  # noqa: E402
 from datasets.meta import (  # noqa: E402
     ANNOTATION_SUFFIX,
     ANNOTATIONS_DIR,
@@ -82,6 +103,7 @@ from datasets.meta import (  # noqa: E402
     META_EXPRESSIONS_FILE,
     META_FILE,
 )
+from models.postprocessors import encode_rle  # noqa: E402
 from util.visualize import davis_palette, palette_image  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -169,6 +191,16 @@ MOTION_WEIGHT = 0.3
 """A description naming the motion is drawn this many times as often (below 1: less often)."""
 NOUN_WITHOUT_SHAPE = "object"
 SIDE_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
+GROUP_ATTRIBUTES = ("size", "colour", "shape", "motion")
+"""What several objects can share in a group expression (a side singles out one object)."""
+GROUP_EXPRESSIONS_PER_VIDEO = 2
+"""MeViS layout: at most this many expressions per video refer to several objects."""
+COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
+COUNT_WORD_PROBABILITY = 0.5
+"""Share of group expressions that say how many objects they refer to ("the two red shapes")."""
+PLURAL_SHAPES = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds",
+                 "cross": "crosses"}
+PLURAL_NOUN_WITHOUT_SHAPE = "shapes"
 MOTION_PHRASES = {
     "left": "moving left", "right": "moving right", "up": "moving up", "down": "moving down", "still": "standing still",
 }
@@ -177,7 +209,7 @@ MOTION_PHRASES = {
 # Files
 # ---------------------------------------------------------------------------------------------
 SPLITS = ("train", "valid")
-SPLIT_SEED = {"train": 0, "valid": 1}
+SPLIT_SEED = {"train": 0, "valid": 1, "valid_u": 2}
 FRAME_NAME_STEP = 5
 """Ref-YouTube-VOS names frames 00000, 00005, …: every fifth frame of the original 30 fps video."""
 JPEG_QUALITY = 95
@@ -189,11 +221,17 @@ DAVIS_ANNOTATIONS = ("Annotations_unsupervised", "480p")
 DAVIS_SEQUENCE_LIST = ("ImageSets", "2017", "val.txt")
 REFERRED_LABEL = 1
 """In ``davis_valid`` the referred object is object 1 of its sequence."""
+LAYOUTS = ("ytvos", "mevis")
+MEVIS_SPLITS = ("train", "valid_u", "valid")
+MEVIS_SPLITS_WITH_MASKS = ("train", "valid_u")
+MEVIS_FRAME_NAME_STEP = 1
+"""MeViS names frames 00000, 00001, …"""
 
 DATASET_VERSION = 2
 """Raised whenever the same flags start producing different files (2: motion a minority, ``needs_motion``)."""
 
 DEFAULT_OUTPUT = "data/ref-shapes"
+DEFAULT_MEVIS_OUTPUT = "data/ref-shapes-mevis"
 DEFAULT_TRAIN_VIDEOS = 200
 DEFAULT_VALID_VIDEOS = 24
 DEFAULT_FRAMES = 10
@@ -240,6 +278,16 @@ class ReferringExpression:
 
 
 @dataclass
+class GroupExpression:
+    """An expression of the MeViS layout: its text, the objects it refers to (one or more), and the
+    attributes it names."""
+
+    text: str
+    obj_ids: tuple[int, ...]
+    attributes: tuple[str, ...]
+
+
+@dataclass
 class VideoScene:
     """A generated video before it is written.
 
@@ -258,11 +306,12 @@ class VideoScene:
     labels: np.ndarray
     has_twins: bool
     expressions: list[ReferringExpression] = field(default_factory=list)
+    frame_name_step: int = FRAME_NAME_STEP
 
     @property
     def frame_names(self) -> list[str]:
-        """Frame stems ``00000``, ``00005``, …"""
-        return [f"{t * FRAME_NAME_STEP:05d}" for t in range(len(self.labels))]
+        """Frame stems ``00000``, ``00005``, … (``00000``, ``00001``, … in the MeViS layout)."""
+        return [f"{t * self.frame_name_step:05d}" for t in range(len(self.labels))]
 
     def frames(self) -> np.ndarray:
         """uint8 ``[T, H, W, 3]`` RGB frames: the background with each visible object in its colour."""
@@ -288,6 +337,8 @@ class SplitStatistics:
     """Expressions that name the motion."""
     motion_needed_expressions: int = 0
     """Expressions that only their motion resolves (:func:`needs_motion`)."""
+    group_expressions: int = 0
+    """MeViS layout: expressions that refer to several objects."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,6 +573,65 @@ def needs_motion(objects: list[ShapeObject], expression: ReferringExpression) ->
     return matching_objects(objects, others) != [obj.obj_id]
 
 
+def group_descriptions(objects: list[ShapeObject]) -> list[tuple[dict[str, str], list[int]]]:
+    """Descriptions that fit two objects or more: ``(values, ids)`` for every set of at most
+    ``MAX_DESCRIPTION_ATTRIBUTES`` of ``GROUP_ATTRIBUTES`` (``ATTRIBUTES`` order) with the values some object
+    has, once each, and the ids of the objects that have them."""
+    descriptions, seen = [], set()
+    for count in range(1, MAX_DESCRIPTION_ATTRIBUTES + 1):
+        for names in itertools.combinations(GROUP_ATTRIBUTES, count):
+            for obj in objects:
+                values = {name: obj.attribute(name) for name in names}
+                key = tuple(values.items())
+                if key in seen:
+                    continue
+                seen.add(key)
+                ids = matching_objects(objects, values)
+                if len(ids) > 1:
+                    descriptions.append((values, ids))
+    return descriptions
+
+
+def group_text(values: dict[str, str], count: int | None) -> str:
+    """The words for a group, e.g. "the two small red squares moving left"; ``count`` adds the number word."""
+    words = ["the"]
+    if count is not None:
+        words.append(COUNT_WORDS[count])
+    words += [values[name] for name in ("size", "colour") if name in values]
+    words.append(PLURAL_SHAPES[values["shape"]] if "shape" in values else PLURAL_NOUN_WITHOUT_SHAPE)
+    if "motion" in values:
+        words.append(MOTION_PHRASES[values["motion"]])
+    return " ".join(words)
+
+
+def describe_groups(rng: np.random.Generator, objects: list[ShapeObject], count: int) -> list[GroupExpression]:
+    """Up to ``count`` distinct expressions that each refer to several objects (none if no two objects share
+    an attribute), drawn with the weights of :func:`describe`."""
+    candidates = group_descriptions(objects)
+    if not candidates:
+        return []
+    weights = np.array([DESCRIPTION_DECAY ** (len(values) - 1) * (SHAPE_NOUN_WEIGHT if "shape" in values else 1.0)
+                        * (MOTION_WEIGHT if "motion" in values else 1.0)
+                        for values, _ in candidates])
+    chosen = rng.choice(len(candidates), size=min(count, len(candidates)), replace=False, p=weights / weights.sum())
+    expressions = []
+    for index in chosen:
+        values, ids = candidates[index]
+        number = len(ids) if rng.random() < COUNT_WORD_PROBABILITY else None
+        expressions.append(GroupExpression(group_text(values, number), tuple(ids), tuple(values)))
+    return expressions
+
+
+def group_needs_motion(objects: list[ShapeObject], expression: GroupExpression) -> bool:
+    """:func:`needs_motion` for an expression of several objects: it names the motion, and its other
+    words fit other objects too."""
+    if "motion" not in expression.attributes:
+        return False
+    first = objects[expression.obj_ids[0] - 1]
+    others = {name: first.attribute(name) for name in expression.attributes if name != "motion"}
+    return matching_objects(objects, others) != list(expression.obj_ids)
+
+
 def make_scene(rng: np.random.Generator, name: str, *, height: int, width: int, num_frames: int,
                expressions_per_object: int) -> VideoScene:
     """A video whose objects are all well visible and can each be described uniquely.
@@ -555,12 +665,30 @@ def generate_split(seed: int, split: str, num_videos: int, *, height: int, width
                    expressions_per_object: int) -> list[VideoScene]:
     """The scenes of one split; video ``i`` depends only on (seed, split, i) and the sizes."""
     if split not in SPLIT_SEED:
-        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+        raise ValueError(f"unknown split {split!r}; choose one of {tuple(SPLIT_SEED)}")
     return [
         make_scene(np.random.default_rng([seed, SPLIT_SEED[split], index]), video_name(split, index),
                    height=height, width=width, num_frames=num_frames, expressions_per_object=expressions_per_object)
         for index in range(num_videos)
     ]
+
+
+def generate_mevis_split(seed: int, split: str, num_videos: int, *, height: int, width: int, num_frames: int,
+                         expressions_per_object: int) -> list[tuple[VideoScene, list[GroupExpression]]]:
+    """The scenes of one split of the MeViS layout with their expressions: the single-object ones of
+    :func:`generate_split` (the same scenes), then those of several objects, drawn from the rest of
+    each video's stream."""
+    if split not in SPLIT_SEED:
+        raise ValueError(f"unknown split {split!r}; choose one of {MEVIS_SPLITS}")
+    videos = []
+    for index in range(num_videos):
+        rng = np.random.default_rng([seed, SPLIT_SEED[split], index])
+        scene = make_scene(rng, video_name(split, index), height=height, width=width, num_frames=num_frames,
+                           expressions_per_object=expressions_per_object)
+        scene.frame_name_step = MEVIS_FRAME_NAME_STEP
+        singles = [GroupExpression(e.text, (e.obj_id,), e.attributes) for e in scene.expressions]
+        videos.append((scene, singles + describe_groups(rng, scene.objects, GROUP_EXPRESSIONS_PER_VIDEO)))
+    return videos
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,14 +703,20 @@ def _write_json(path: Path, data: dict) -> None:
         f.write("\n")
 
 
+def write_frames(scene: VideoScene, split_dir: Path) -> None:
+    """``JPEGImages/<video>/<frame>.jpg``."""
+    frames_dir = split_dir / FRAMES_DIR / scene.name
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    for stem, frame in zip(scene.frame_names, scene.frames()):
+        Image.fromarray(frame).save(frames_dir / f"{stem}{FRAME_SUFFIX}", quality=JPEG_QUALITY)
+
+
 def write_video(scene: VideoScene, split_dir: Path, palette: np.ndarray) -> None:
     """``JPEGImages/<video>/<frame>.jpg`` and palette ``Annotations/<video>/<frame>.png``."""
-    frames_dir = split_dir / FRAMES_DIR / scene.name
+    write_frames(scene, split_dir)
     annotations_dir = split_dir / ANNOTATIONS_DIR / scene.name
-    frames_dir.mkdir(parents=True, exist_ok=True)
     annotations_dir.mkdir(parents=True, exist_ok=True)
-    for stem, frame, labels in zip(scene.frame_names, scene.frames(), scene.labels):
-        Image.fromarray(frame).save(frames_dir / f"{stem}{FRAME_SUFFIX}", quality=JPEG_QUALITY)
+    for stem, labels in zip(scene.frame_names, scene.labels):
         palette_image(labels, palette).save(annotations_dir / f"{stem}{ANNOTATION_SUFFIX}")
 
 
@@ -670,6 +804,64 @@ def write_dataset(output: str | Path, *, seed: int, num_train_videos: int, num_v
     return statistics
 
 
+def mevis_masks(scene: VideoScene, first_anno_id: int) -> dict[str, list[dict | None]]:
+    """``mask_dict.json`` entries of the scene's objects: anno_id ``first_anno_id + obj_id - 1`` → the COCO RLE
+    of the object's visible pixels in each frame, ``None`` where it is hidden."""
+    entries = {}
+    for obj in scene.objects:
+        visible = scene.labels == obj.obj_id  # [T, H, W]
+        rles = encode_rle(torch.from_numpy(visible)[:, None])  # [T, 1, H, W] → T RLEs
+        entries[str(first_anno_id + obj.obj_id - 1)] = [rle if seen.any() else None for rle, seen in zip(rles, visible)]
+    return entries
+
+
+def mevis_expressions_entry(scene: VideoScene, expressions: list[GroupExpression], first_anno_id: int | None) -> dict:
+    """The video's MeViS ``meta_expressions.json`` entry; ``obj_id`` (from 0) and ``anno_id`` lists unless
+    ``first_anno_id`` is None (a split without masks)."""
+    entries = {}
+    for exp_id, expression in enumerate(expressions):
+        entry = {"exp": expression.text}
+        if first_anno_id is not None:
+            entry["obj_id"] = [obj_id - 1 for obj_id in expression.obj_ids]
+            entry["anno_id"] = [first_anno_id + obj_id - 1 for obj_id in expression.obj_ids]
+        entries[str(exp_id)] = entry
+    return {"expressions": entries, "frames": scene.frame_names}
+
+
+def write_mevis_dataset(output: str | Path, *, seed: int, num_train_videos: int, num_valid_videos: int,
+                        num_frames: int, height: int, width: int,
+                        expressions_per_object: int) -> dict[str, SplitStatistics]:
+    """Generate and write the MeViS layout (see the module docstring); ``valid_u`` and ``valid`` get
+    ``num_valid_videos`` each.
+
+    Returns:
+        split name → its statistics.
+    """
+    output = Path(output)
+    statistics = {}
+    for split, num_videos in zip(MEVIS_SPLITS, (num_train_videos, num_valid_videos, num_valid_videos)):
+        videos = generate_mevis_split(seed, split, num_videos, height=height, width=width, num_frames=num_frames,
+                                      expressions_per_object=expressions_per_object)
+        with_masks = split in MEVIS_SPLITS_WITH_MASKS
+        entries, mask_dict = {}, {}
+        for scene, expressions in videos:
+            write_frames(scene, output / split)
+            entries[scene.name] = mevis_expressions_entry(scene, expressions, len(mask_dict) if with_masks else None)
+            mask_dict.update(mevis_masks(scene, len(mask_dict)))
+        _write_json(output / split / META_EXPRESSIONS_FILE, {"videos": entries})
+        if with_masks:
+            with (output / split / MASK_DICT_FILE).open("w", encoding="utf-8") as f:
+                json.dump(mask_dict, f)
+        stats = split_statistics([scene for scene, _ in videos])
+        groups = [(scene, e) for scene, expressions in videos for e in expressions if len(e.obj_ids) > 1]
+        stats.expressions += len(groups)
+        stats.group_expressions = len(groups)
+        stats.motion_expressions += sum("motion" in e.attributes for _, e in groups)
+        stats.motion_needed_expressions += sum(group_needs_motion(scene.objects, e) for scene, e in groups)
+        statistics[split] = stats
+    return statistics
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -679,11 +871,18 @@ def _positive_int(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; sizes are validated."""
-    parser = argparse.ArgumentParser(description="Generate the synthetic Ref-Shapes dataset (Ref-YouTube-VOS layout)")
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="dataset root to write (use it as --ytvos_path)")
+    parser = argparse.ArgumentParser(description="Generate the synthetic Ref-Shapes dataset (Ref-YouTube-VOS layout, "
+                                                 "or MeViS layout with --layout mevis)")
+    parser.add_argument("--layout", default="ytvos", choices=LAYOUTS,
+                        help="ytvos: Ref-YouTube-VOS layout (--dataset_file ref_shapes); mevis: MeViS layout with "
+                             "expressions of several objects too (--dataset_file mevis, eval_mevis.py)")
+    parser.add_argument("--output", default=None,
+                        help=f"dataset root to write (use it as --ytvos_path, or --mevis_path with --layout mevis); "
+                             f"default {DEFAULT_OUTPUT}, {DEFAULT_MEVIS_OUTPUT} with --layout mevis")
     parser.add_argument("--seed", default=0, type=int, help="same seed, same bytes")
     parser.add_argument("--num_train_videos", default=DEFAULT_TRAIN_VIDEOS, type=_positive_int)
-    parser.add_argument("--num_valid_videos", default=DEFAULT_VALID_VIDEOS, type=_positive_int)
+    parser.add_argument("--num_valid_videos", default=DEFAULT_VALID_VIDEOS, type=_positive_int,
+                        help="videos of valid (and of valid_u with --layout mevis)")
     parser.add_argument("--frames", default=DEFAULT_FRAMES, type=_positive_int, help="frames per video")
     parser.add_argument("--height", default=DEFAULT_SIZE, type=_positive_int, help="frame height in pixels")
     parser.add_argument("--width", default=DEFAULT_SIZE, type=_positive_int, help="frame width in pixels")
@@ -694,6 +893,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--frames must be at least 2: the motion words need two frames")
     if min(args.height, args.width) < 32:
         parser.error("--height and --width must be at least 32 pixels for the shapes to be recognisable")
+    if args.output is None:
+        args.output = DEFAULT_MEVIS_OUTPUT if args.layout == "mevis" else DEFAULT_OUTPUT
     return args
 
 
@@ -702,13 +903,16 @@ def main(argv: list[str] | None = None) -> dict[str, SplitStatistics]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     start = time.time()
-    statistics = write_dataset(args.output, seed=args.seed, num_train_videos=args.num_train_videos,
-                               num_valid_videos=args.num_valid_videos, num_frames=args.frames, height=args.height,
-                               width=args.width, expressions_per_object=args.expressions_per_object)
+    write = write_mevis_dataset if args.layout == "mevis" else write_dataset
+    statistics = write(args.output, seed=args.seed, num_train_videos=args.num_train_videos,
+                       num_valid_videos=args.num_valid_videos, num_frames=args.frames, height=args.height,
+                       width=args.width, expressions_per_object=args.expressions_per_object)
     for split, stats in statistics.items():
         logger.info("%s: %d videos, %d frames, %d objects, %d expressions (%d name the motion, %d need it; "
                     "%d videos with look-alike twins)", split, stats.videos, stats.frames, stats.objects,
                     stats.expressions, stats.motion_expressions, stats.motion_needed_expressions, stats.twin_videos)
+        if args.layout == "mevis":
+            logger.info("%s: %d of the expressions refer to several objects", split, stats.group_expressions)
     logger.info("wrote %s in %.1f s", args.output, time.time() - start)
     return statistics
 

@@ -1,4 +1,4 @@
-"""Write the sample lists and COCO ground truths that the A2D-/JHMDB-Sentences datasets read (spec 4.3, 4.4).
+"""Write the sample lists and COCO ground truths that the A2D-/JHMDB-Sentences datasets read.
 
     python tools/data/prepare_a2d_jhmdb.py a2d --a2d_path data/a2d_sentences
     python tools/data/prepare_a2d_jhmdb.py jhmdb --jhmdb_path data/jhmdb_sentences [--seed 0] [--frames_per_video 3]
@@ -7,8 +7,8 @@ The original read these files from MTTR's preparation; this tool rebuilds them f
 released annotations (layouts in ``datasets/a2d.py`` and ``datasets/jhmdb.py``).
 
 A2D-Sentences (reads ``Release/videoset.csv``, ``text_annotations/a2d_annotation.txt``,
-``text_annotations/a2d_missed_videos.txt`` and the ``.h5`` annotations; writes into
-``text_annotations/``):
+``text_annotations/a2d_missed_videos.txt`` and the ``.h5`` annotations; writes into the
+``--a2d_path`` root, where the original's layout has MTTR's files):
 
 * ``a2d_sentences_single_frame_{train,test}_annotations.json``: for every query row of
   ``a2d_annotation.txt`` (file order) whose video is in the subset (``videoset.csv`` column 9:
@@ -196,7 +196,7 @@ def _annotated_frames(root: Path, video: str) -> list[tuple[int, list[int]]]:
 
 def a2d_coco_ground_truth(root: str | Path, samples: Iterable[list]) -> dict:
     """COCO ground truth of A2D records: the referred instance's mask in the annotated frame."""
-    gt = CocoGroundTruth(str(a2d.TEXT_ANNOTATIONS_DIR / a2d.COCO_GT_FILE))
+    gt = CocoGroundTruth(a2d.COCO_GT_FILE)
     for query, video, frame_idx, instance in samples:
         path = a2d.mask_path(root, video, frame_idx)
         ids, masks = a2d.read_instance_masks(path)
@@ -211,10 +211,12 @@ def prepare_a2d(root: str | Path) -> list[Path]:
     written = []
     for subset in A2D_SUBSETS:
         samples = a2d_samples(root, subset)
-        written.append(write_json_atomic(a2d.samples_path(root, subset), samples))
+        written.append(write_json_atomic(a2d.prepared_output_path(root, a2d.SAMPLES_FILE.format(subset=subset)),
+                                         samples))
         logger.info("A2D-Sentences %s: %d samples → %s", subset, len(samples), written[-1])
         if subset == "test":
-            written.append(write_json_atomic(a2d.coco_gt_path(root), a2d_coco_ground_truth(root, samples)))
+            written.append(write_json_atomic(a2d.prepared_output_path(root, a2d.COCO_GT_FILE),
+                                             a2d_coco_ground_truth(root, samples)))
     return written
 
 

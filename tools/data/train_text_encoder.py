@@ -2,7 +2,7 @@
 
 The CPU quick start cannot download roberta-base, and does not need its 125 M parameters for a
 vocabulary of a few dozen words. This tool trains a RoBERTa-style byte-level BPE tokenizer (the
-``tokenizers`` library) on every expression of a dataset in the Ref-YouTube-VOS layout, builds a
+``tokenizers`` library) on every expression of a dataset in the Ref-YouTube-VOS (or MeViS) layout, builds a
 small ``RobertaModel`` (with pooler) whose hidden size is the 768 that ReferFormer's
 text resizer expects, and saves both with ``save_pretrained`` into one directory, so that
 
@@ -76,18 +76,20 @@ CONTRAST_TEMPERATURE = 0.05
 
 
 def collect_expressions(data_root: str | Path) -> list[str]:
-    """The expressions of every split's ``meta_expressions.json`` under ``<data_root>/meta_expressions``,
-    in split-name order and then file order.
+    """The expressions of every split's ``meta_expressions.json``, in split-name order and then file order:
+    ``<data_root>/meta_expressions/<split>/`` (Ref-YouTube-VOS layout) or ``<data_root>/<split>/`` (MeViS layout).
 
     Raises:
-        FileNotFoundError: if there is no expression file, naming the folder looked in.
+        FileNotFoundError: if there is no expression file, naming the folders looked in.
     """
     folder = Path(data_root) / META_EXPRESSIONS_DIR
     paths = sorted(folder.glob(f"*/{META_EXPRESSIONS_FILE}"))
+    if not paths:  # the MeViS layout
+        paths = sorted(Path(data_root).glob(f"*/{META_EXPRESSIONS_FILE}"))
     if not paths:
         raise FileNotFoundError(
-            f"no {META_EXPRESSIONS_DIR}/<split>/{META_EXPRESSIONS_FILE} under {data_root}; "
-            "generate the dataset first (tools/data/make_ref_shapes.py)"
+            f"no {META_EXPRESSIONS_DIR}/<split>/{META_EXPRESSIONS_FILE} or <split>/{META_EXPRESSIONS_FILE} under "
+            f"{data_root}; generate the dataset first (tools/data/make_ref_shapes.py)"
         )
     return [expression.text for path in paths for video in read_meta_expressions(path).values()
             for expression in video.expressions]
@@ -206,7 +208,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     parser = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer and a small RoBERTa on a "
                                                  "dataset's expressions and save both for --text_encoder")
-    parser.add_argument("--data_root", required=True, help="dataset root holding meta_expressions/<split>/")
+    parser.add_argument("--data_root", required=True,
+                        help="dataset root holding meta_expressions/<split>/ (or <split>/meta_expressions.json: MeViS)")
     parser.add_argument("--output", required=True, help="directory to write (pass it as --text_encoder)")
     parser.add_argument("--seed", default=0, type=int, help="seed of the encoder's random initialisation")
     parser.add_argument("--vocab_size", default=DEFAULT_VOCAB_SIZE, type=int, help="largest vocabulary to learn")

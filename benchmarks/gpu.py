@@ -1,0 +1,309 @@
+"""GPU benchmark: the deformable-attention core per implementation, the whole R50 model, a training
+step and video inference, in one table.
+
+    python benchmarks/gpu.py                     # a few minutes on one GPU
+    python benchmarks/gpu.py --json gpu.json     # also save every number
+
+Sections (``--sections``, all by default):
+
+- ``core``: the core op at ReferFormer's shapes (5 frames of 360x640 → levels 45x80, 23x40,
+  12x20, 6x10; 8 heads, 4 levels, 4 points, 32 channels per head). Encoder: Lq = S = 4820 queries
+  per frame; decoder: 5 queries per frame. Per implementation (triton; triton with bfloat16 value
+  and output gradient, as under ``--amp``; pytorch, the embedding_bag core; reference, grid_sample):
+  forward, forward+backward, and the peak memory of forward+backward above its inputs (inputs and
+  timing as ``benchmarks/msdeform_attn.py``). Also the largest difference of the Triton core's
+  output and three gradients to the reference's, relative to each tensor's largest magnitude.
+- ``model``: ReferFormer R50 (box refinement, binary class, frozen RoBERTa-base-sized text encoder,
+  random weights, as ``benchmarks/inference.py`` builds it), one clip of ``--model_frames`` frames
+  at ``--model_size``, one expression: forward (eval, no autograd) and forward+backward (training
+  mode, surrogate loss: the sum of all outputs), each in float32 and under bfloat16 autocast, per
+  core implementation. Peak memory here is the total allocated (weights included).
+- ``train``: ``benchmarks/train_step.py``'s R50 training step (forward, losses, backward, clipping,
+  AdamW), float32 and ``--amp``, each in its own process, with the default core (auto).
+- ``inference``: one video (the model frames) with 4 expressions through ``VideoPredictor``
+  (features reused, expressions batched, masks upsampled to 720x1280), per core implementation.
+
+Times are medians after one warm-up (the implementations take turns). Ratios: core, model and
+inference rows to the pytorch row of the same measure; the ``--amp`` training step to the float32
+one. Exits with a message when no CUDA device is available (``--device cpu`` runs the same
+measurements without the Triton rows, slowly: for checking the script).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import inference as inference_bench  # noqa: E402
+from benchmarks import msdeform_attn as core_bench  # noqa: E402
+from benchmarks import train_step as train_bench  # noqa: E402
+from models.ms_deform_attn import ms_deform_attn_core, set_core_impl  # noqa: E402
+
+SECTIONS = ("core", "model", "train", "inference")
+CAPTION = "a person riding a brown horse on the left"
+NUM_EXPRESSIONS = 4
+ORIGINAL_SIZE = (720, 1280)
+MIB = 2**20
+
+
+class Table:
+    """Rows of (section, measure, implementation, ms, peak MiB, ratio of time, ratio of memory)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def add(self, section: str, measure: str, impl: str, ms: float, peak_mib: float | None, baseline: dict | None):
+        row = {"section": section, "measure": measure, "impl": impl, "ms": ms, "peak_mib": peak_mib}
+        row["time_ratio"] = ms / baseline["ms"] if baseline else None
+        both = baseline and peak_mib is not None and baseline["peak_mib"]
+        row["memory_ratio"] = peak_mib / baseline["peak_mib"] if both else None
+        self.rows.append(row)
+        return row
+
+    def print(self) -> None:
+        header = ("section", "measure", "impl", "ms", "peak MiB", "time ratio", "memory ratio")
+        cells = [header] + [
+            (
+                r["section"], r["measure"], r["impl"], f"{r['ms']:.2f}",
+                "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}",
+                "-" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}x",
+                "-" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}x",
+            )
+            for r in self.rows
+        ]  # fmt: skip
+        widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+        for index, row in enumerate(cells):
+            # Text columns left-aligned, numbers right-aligned.
+            print(" | ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+            if index == 0:
+                print("-+-".join("-" * w for w in widths))
+
+
+def environment(device: torch.device) -> dict:
+    info = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError as error:
+        info["triton"] = f"not importable ({error})"
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+    return info
+
+
+def peak_total_mib(step: Callable[[], None], device: torch.device) -> float | None:
+    """Peak allocated GPU memory during ``step``, everything allocated included (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / MIB
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    expected = expected.double()
+    return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
+
+
+def core_section(table: Table, impls: list[str], device: torch.device, repeat: int) -> dict:
+    """Core rows; returns the Triton core's largest differences to the reference (empty without Triton)."""
+    for scenario in ("encoder", "decoder"):
+        results = core_bench.measure_core(scenario, impls, device, repeat)
+        if "triton" in impls:
+            bf16 = core_bench.measure_core(scenario, ["triton"], device, repeat, value_dtype=torch.bfloat16)
+            results["triton bf16"] = bf16["triton"]
+        pytorch = results.get("pytorch")
+        for key, measure in (("forward_ms", "forward"), ("forward_backward_ms", "forward+backward")):
+            baseline = {"ms": pytorch[key], "peak_mib": pytorch["peak_mib"]} if pytorch else None
+            for impl, result in results.items():
+                peak = result["peak_mib"] if key == "forward_backward_ms" else None
+                table.add(f"core {scenario}", measure, impl, result[key], peak, baseline)
+    if "triton" not in impls:
+        return {}
+    value, shapes, locations, weights, grad = core_bench.make_inputs("encoder", device)
+    differences = {}
+    for dtype_name, dtype in (("float32", torch.float32), ("bfloat16 value", torch.bfloat16)):
+        # The reference runs on the same (rounded) values, upcast.
+        rounded_value, rounded_grad = value.to(dtype), grad.to(dtype)
+        inputs = {"triton": (rounded_value, rounded_grad), "reference": (rounded_value.float(), rounded_grad.float())}
+        outputs = {}
+        for impl, (impl_value, impl_grad) in inputs.items():
+            leaves = [t.clone().requires_grad_() for t in (impl_value, locations, weights)]
+            output = ms_deform_attn_core(leaves[0], shapes.tolist(), leaves[1], leaves[2], impl=impl)
+            output.backward(impl_grad)
+            outputs[impl] = [output.detach()] + [leaf.grad for leaf in leaves]
+        names = ("output", "grad_value", "grad_sampling_locations", "grad_attention_weights")
+        differences[dtype_name] = {
+            name: relative_error(a, e) for name, a, e in zip(names, outputs["triton"], outputs["reference"])
+        }
+    return differences
+
+
+def build_model(device: torch.device):
+    """The R50 model of benchmarks/inference.py (random weights, RoBERTa-base-sized text encoder)."""
+    model = inference_bench.build_model(argparse.Namespace(tokenizer=inference_bench.DEFAULT_TOKENIZER))
+    return model.to(device)
+
+
+def model_section(table: Table, model, impls: list[str], device: torch.device, frames: int, size: tuple[int, int],
+                  repeat: int) -> dict:
+    """Whole-model rows; returns the largest output differences of each implementation to pytorch's."""
+    clip = torch.randn(frames, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
+    target = {"size": torch.tensor(size, device=device)}
+
+    def run(impl: str, dtype: torch.dtype, backward: bool) -> dict:
+        set_core_impl(model, impl)
+        model.train(backward)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16 else nullcontext()
+        with torch.set_grad_enabled(backward), autocast:
+            outputs = model([clip], [CAPTION], [target])
+        if backward:
+            loss = sum(v.float().sum() for v in outputs.values() if torch.is_tensor(v) and v.requires_grad)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        return outputs
+
+    differences = {}
+    for dtype, dtype_name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        for backward, measure in ((False, "forward"), (True, "forward+backward")):
+            steps = {impl: (lambda impl=impl: run(impl, dtype, backward)) for impl in impls}
+            seconds = core_bench.median_seconds(steps, device, repeat)
+            peaks = {impl: peak_total_mib(steps[impl], device) for impl in impls}
+            baseline = {"ms": 1e3 * seconds["pytorch"], "peak_mib": peaks["pytorch"]} if "pytorch" in impls else None
+            for impl in impls:
+                table.add("model", f"{measure} {dtype_name}", impl, 1e3 * seconds[impl], peaks[impl], baseline)
+        if "pytorch" in impls:
+            with torch.no_grad():
+                reference = {k: v for k, v in run("pytorch", dtype, False).items() if torch.is_tensor(v)}
+                for impl in impls:
+                    outputs = run(impl, dtype, False)
+                    differences[f"{impl} {dtype_name}"] = {
+                        key: relative_error(outputs[key], value) for key, value in reference.items()
+                    }
+    set_core_impl(model, "auto")
+    return differences
+
+
+def train_section(table: Table, device: torch.device, iterations: int) -> None:
+    """Training-step rows, from benchmarks/train_step.py's own worker processes."""
+    baseline = None
+    for amp in (False, True) if device.type == "cuda" else (False,):  # --amp is CUDA-only
+        name = "R50 --amp" if amp else "R50 fp32"
+        index = next(i for i, (_, backbone, a, ckpt) in enumerate(train_bench.CONFIGS)
+                     if backbone == "resnet50" and a == amp and not ckpt)
+        command = [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--device", str(device),
+                   "--iterations", str(iterations), "--only", str(index)]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            print(f"train step {name} failed: {last}", file=sys.stderr)
+            continue
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        peak = result["peak_bytes"] / MIB if device.type == "cuda" else None
+        row = table.add("train step", name, "auto", 1e3 * result["seconds"], peak, baseline)
+        baseline = baseline or row
+
+
+def inference_section(table: Table, model, impls: list[str], device: torch.device, frames: int,
+                      size: tuple[int, int], repeat: int) -> None:
+    from models.predictor import VideoPredictor
+
+    predictor = VideoPredictor(model, device=device, expressions_per_batch=NUM_EXPRESSIONS)
+    clip = torch.randn(frames, 3, *size, generator=torch.Generator().manual_seed(1))
+    captions = list(inference_bench.CAPTIONS[:NUM_EXPRESSIONS])
+
+    def run(impl: str) -> None:
+        set_core_impl(model, impl)
+        with torch.no_grad():
+            inference_bench.run_video(predictor, clip, captions, ORIGINAL_SIZE)
+
+    steps = {impl: (lambda impl=impl: run(impl)) for impl in impls}
+    seconds = core_bench.median_seconds(steps, device, repeat)
+    peaks = {impl: peak_total_mib(steps[impl], device) for impl in impls}
+    baseline = {"ms": 1e3 * seconds["pytorch"], "peak_mib": peaks["pytorch"]} if "pytorch" in impls else None
+    measure = f"1 video, {frames} frames, {NUM_EXPRESSIONS} expressions"
+    for impl in impls:
+        table.add("inference", measure, impl, 1e3 * seconds[impl], peaks[impl], baseline)
+    set_core_impl(model, "auto")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda",
+                        help="cuda[:i] (cpu: the same without Triton, for checking the script)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--repeat", type=int, default=20, help="timed runs of each core measurement")
+    parser.add_argument("--model_repeat", type=int, default=5,
+                        help="timed runs of each model and inference measurement")
+    parser.add_argument("--train_iterations", type=int, default=3, help="timed training steps per configuration")
+    parser.add_argument("--model_frames", type=int, default=5, help="frames of the model and inference clip")
+    parser.add_argument("--model_size", type=int, nargs=2, default=[360, 640], metavar=("H", "W"),
+                        help="frame size of the model and inference clip")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results to this file")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("benchmarks/gpu.py: no CUDA device is available (torch.cuda.is_available() is False). It times the "
+                 "GPU implementations; on the CPU run benchmarks/msdeform_attn.py for the core.")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    start = time.perf_counter()
+    env = environment(device)
+    print("GPU benchmark: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    impls = core_bench.runnable_impls(device)
+    table = Table()
+    results: dict = {"environment": env, "impls": impls}
+
+    if "core" in args.sections:
+        results["core_triton_vs_reference"] = core_section(table, impls, device, args.repeat)
+    size = tuple(args.model_size)
+    if "model" in args.sections or "inference" in args.sections:
+        model = build_model(device)
+        if "model" in args.sections:
+            results["model_output_vs_pytorch"] = model_section(
+                table, model, impls, device, args.model_frames, size, args.model_repeat
+            )
+        if "inference" in args.sections:
+            inference_section(table, model, impls, device, args.model_frames, size, args.model_repeat)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # for the training-step processes
+    if "train" in args.sections:
+        train_section(table, device, args.train_iterations)
+
+    print()
+    table.print()
+    print("ratios: core, model and inference rows to the pytorch row of the same measure; train step to fp32. "
+          "Core peak: above the inputs; other peaks: all allocated memory.")
+    for dtype_name, diffs in results.get("core_triton_vs_reference", {}).items():
+        print(f"Triton core vs reference, encoder shapes, {dtype_name}, max|diff| / max|reference|: "
+              + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    for impl, diffs in results.get("model_output_vs_pytorch", {}).items():
+        print(f"model outputs, {impl} vs pytorch core, max|diff| / max|pytorch|: "
+              + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    results["rows"] = table.rows
+    results["seconds"] = time.perf_counter() - start
+    print(f"total {results['seconds']:.0f} s")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

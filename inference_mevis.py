@@ -1,0 +1,148 @@
+"""MeViS inference: a mask for every expression of ``valid_u`` or ``valid``, then J&F or the submission zip.
+
+    python inference_mevis.py --binary --with_box_refine --freeze_text_encoder \\
+        --resume output/mevis_r50/checkpoint.pth --mevis_path data/mevis --split valid_u \\
+        --output_dir output/mevis_r50 --text_encoder weights/roberta-base --ngpu 1 --device cuda
+
+writes ``<output_dir>/<split>/<video>/<exp_id>/<frame>.png`` (0/255 grayscale, the original frame
+size), as Ref-YouTube-VOS inference does (the whole video is one clip and one query is chosen per
+expression for all its frames) but without the ``Annotations`` folder. Then, for ``valid_u`` (whose
+masks are released) it scores them with ``eval_mevis.py`` (the official metric; per-expression
+scores in ``<output_dir>/valid_u_results.json``), and for ``valid`` it zips them into
+``<output_dir>/submission-valid.zip`` holding ``<video>/<exp_id>/<frame>.png`` at its root, the
+layout the MeViS challenge server expects. A rerun of the same command skips finished expressions;
+``--resume auto`` predicts with the newest complete checkpoint of ``--output_dir``. ``--visualize``
+adds ``<output_dir>/<split>_images/<video>/<expression index>/<frame>.png`` and one GIF per expression.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from datasets.meta import frame_path
+from datasets.mevis import expressions_path, mask_dict_path, read_expressions
+from opts import inference_parser, validate_args
+from video_inference import (
+    InferenceTask,
+    OutputGroup,
+    RunSummary,
+    VideoInferenceRunner,
+    VideoJob,
+    inference_checkpoint,
+    launch,
+    missing_outputs,
+    process_device,
+    remove_partial_root,
+    setup_logging,
+    shard,
+    write_submission_zip,
+)
+
+logger = logging.getLogger("inference_mevis")
+
+# valid_u has released masks (scored here); valid is scored by the challenge server from the zip.
+INFERENCE_SPLITS = ("valid_u", "valid")
+SERVER_SPLITS = ("valid",)
+
+
+@dataclass(frozen=True)
+class MevisInference:
+    """What a run produced: the prediction folder, the submission zip (``valid``) and the scores
+    ``{"J", "F", "J&F"}`` (splits with masks); ``None`` where not made (or in a non-main process)."""
+
+    predictions: Path
+    zip_path: Path | None
+    scores: dict[str, float] | None
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = inference_parser(
+        "inference_mevis.py",
+        "MeViS inference: predict a mask for every expression of --split (valid_u or valid), then score valid_u "
+        "with the official metric or zip valid for the challenge server. Pass the model flags the checkpoint "
+        "(--resume) was trained with.",
+    )
+    parser.set_defaults(dataset_file="mevis")
+    return parser
+
+
+def mevis_jobs(mevis_path: str | Path, split: str) -> list[VideoJob]:
+    """One job per video of the split (sorted by name), one output group ``<video>/<exp_id>`` per expression."""
+    path = expressions_path(mevis_path, split)
+    videos = dict(sorted(read_expressions(path).items()))
+    if not videos:
+        raise ValueError(f"{path} lists no videos")
+    return [
+        VideoJob(
+            video=video,
+            frame_paths=tuple(frame_path(mevis_path, split, video, frame) for frame in entry.frames),
+            output_names=entry.frames,
+            captions=tuple(expression.text for expression in entry.expressions),
+            groups=tuple(
+                OutputGroup(folder=f"{video}/{expression.exp_id}", expressions=(index,),
+                            visual_folder=f"{video}/{index}", color_index=index)
+                for index, expression in enumerate(entry.expressions)
+            ),
+        )
+        for video, entry in videos.items()
+    ]
+
+
+def _worker(rank: int, world_size: int, args: argparse.Namespace) -> RunSummary:
+    from models.predictor import load_predictor
+
+    setup_logging(args.output_dir, rank)
+    device = process_device(args, int(os.environ.get("LOCAL_RANK", rank)), world_size)
+    jobs = shard(mevis_jobs(args.mevis_path, args.split), rank, world_size)
+    predictor = load_predictor(args, inference_checkpoint(args), device, args.expressions_per_batch)
+    output_dir = Path(args.output_dir)
+    task = InferenceTask(clip_len=None, merge_objects=False, threshold=args.threshold)
+    runner = VideoInferenceRunner(
+        predictor, task, output_dir / args.split,
+        visual_root=output_dir / f"{args.split}_images" if args.visualize else None,
+    )
+    return runner.run(jobs, position=rank)
+
+
+def main(argv: Sequence[str] | None = None) -> MevisInference:
+    """Predict every video of ``--split``, then score (``valid_u``) or zip (``valid``) the masks."""
+    args = get_parser().parse_args(argv)
+    validate_args(args)
+    if args.split not in INFERENCE_SPLITS:
+        raise ValueError(f"MeViS has no {args.split!r} split to predict; pass --split valid_u (scored here) or valid "
+                         "(zipped for the challenge server)")
+    checkpoint = inference_checkpoint(args)  # a missing checkpoint fails before any work
+    setup_logging(args.output_dir)
+    logger.info("checkpoint: %s", checkpoint)
+    jobs = mevis_jobs(args.mevis_path, args.split)  # reads the metadata once up front: errors before any work
+    logger.info("MeViS %s: %d videos, %d expressions", args.split, len(jobs), sum(len(j.groups) for j in jobs))
+    is_main, summary = launch(_worker, args)
+    if summary is not None:
+        logger.info("summary: %s", summary.describe())
+    predictions = Path(args.output_dir) / args.split
+    if not is_main:
+        return MevisInference(predictions, None, None)
+    remove_partial_root(predictions)
+    missing = missing_outputs(predictions, jobs)
+    if missing:  # checked here so that scoring never counts an unfinished video as missing (J = F = 0)
+        raise FileNotFoundError(f"{len(missing)} masks are missing under {predictions}, e.g. {missing[:5]}; rerun the "
+                                "same command")
+    zip_path = scores = None
+    if args.split in SERVER_SPLITS:
+        zip_path = Path(args.output_dir) / f"submission-{args.split}.zip"
+        count = write_submission_zip(predictions, jobs, zip_path)
+        logger.info("wrote %s (%d masks)", zip_path, count)
+    if mask_dict_path(args.mevis_path, args.split).is_file():
+        import eval_mevis
+
+        scores = eval_mevis.main(["--mevis_path", str(args.mevis_path), "--split", args.split,
+                                  "--pred_path", str(predictions)])
+    return MevisInference(predictions, zip_path, scores)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The rule that picks a deformable-attention core, its errors, and the Triton core's tests.
+
+The Triton kernel itself is tested by Triton's interpreter on the CPU, in a child process
+(``triton_interpreter_cases.py``, see there why); the rest runs without any kernel.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import ms_deform_attn
+from models.ms_deform_attn import (
+    MSDeformAttn,
+    ms_deform_attn_core,
+    ms_deform_attn_core_pytorch,
+    ms_deform_attn_core_sparse,
+    select_core_impl,
+    set_core_impl,
+)
+from tests.models.test_ms_deform_attn import random_core_inputs
+
+ROOT = Path(__file__).resolve().parents[2]
+INTERPRETER_CASES = Path(__file__).with_name("triton_interpreter_cases.py")
+
+
+def test_triton_kernels_under_the_interpreter() -> None:
+    """Every case of triton_interpreter_cases.py passes (none skipped) under TRITON_INTERPRET=1."""
+    pytest.importorskip("triton", reason="Triton is not installed: its kernels cannot run, not even interpreted")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(INTERPRETER_CASES)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    assert done.returncode == 0 and re.fullmatch(r"\d+ passed(, \d+ warnings?)? in [\d.]+s( \(.*\))?", summary), (
+        done.stdout[-6000:] + done.stderr[-3000:]
+    )
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("value_dtype", ["fp32", "bf16"])
+def test_triton_kernel_compiles_for_hopper(value_dtype: str, backward: bool) -> None:
+    """The interpreter does not compile: compile the kernel as the GPU would (Triton IR to PTX to
+    cubin for sm_90, no GPU needed), at the model's shapes, as launched."""
+    triton = pytest.importorskip("triton", reason="Triton is not installed")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from models.ms_deform_attn_triton import BLOCK_Q, NUM_WARPS, _msda_kernel, interpreter_enabled
+
+    if interpreter_enabled():
+        pytest.skip("TRITON_INTERPRET=1 is set in this process: triton.jit would build an interpreted kernel")
+    kernel = triton.jit(_msda_kernel)
+    constexprs = {"NUM_LEVELS": 4, "NUM_POINTS": 4, "COMPUTE_DTYPE": triton.language.float32, "BLOCK_Q": BLOCK_Q,
+                  "BLOCK_D": 32, "BACKWARD": backward}
+    pointee = {"value_ptr": value_dtype, "out_ptr": value_dtype, "shapes_ptr": "i32", "starts_ptr": "i32"}
+    signature = {
+        name: "constexpr" if name in constexprs else "*" + pointee.get(name, "fp32") if name.endswith("_ptr") else "i32"
+        for name in kernel.arg_names
+    }
+    source = ASTSource(kernel, signature, {(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": NUM_WARPS})
+    ptx = compiled.asm["ptx"]
+    assert ".target sm_90a" in ptx and compiled.asm["cubin"]
+    assert ("atom.global" in ptx) == backward  # only the backward scatters, with atomic adds
+
+
+# The selection rule. The Triton kernel is not needed for these: availability and the GPU are
+# monkeypatched, and no kernel runs.
+CUDA = torch.device("cuda")
+CPU = torch.device("cpu")
+FLOAT32 = (torch.float32,) * 3
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch):
+    """Triton importable and an H100-class GPU (compute capability 9.0); returns a setter for both."""
+
+    def configure(import_error: str | None = None, capability: tuple[int, int] = (9, 0)) -> None:
+        monkeypatch.setattr(ms_deform_attn, "_triton_import_error", lambda: import_error)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+
+    configure()
+    ms_deform_attn._log_fallback.cache_clear()
+    yield configure
+    ms_deform_attn._log_fallback.cache_clear()
+
+
+def test_auto_picks_triton_on_cuda(fake_gpu) -> None:
+    for dtypes in (FLOAT32, (torch.bfloat16, torch.float32, torch.float32), (torch.float16,) * 3, (torch.float64,) * 3):
+        assert select_core_impl("auto", CUDA, dtypes) == "triton"
+    assert select_core_impl("triton", CUDA, FLOAT32) == "triton"
+
+
+def test_auto_picks_pytorch_on_cpu(fake_gpu, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert select_core_impl("auto", CPU, FLOAT32) == "pytorch"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter makes Triton runnable, not chosen
+    assert select_core_impl("auto", CPU, FLOAT32) == "pytorch"
+    assert select_core_impl("auto", torch.device("meta"), FLOAT32) == "pytorch"
+
+
+@pytest.mark.parametrize(
+    ("import_error", "capability", "dtypes", "reason"),
+    [
+        ("ModuleNotFoundError: No module named 'triton'", (9, 0), FLOAT32, "Triton cannot be imported"),
+        (None, (6, 1), FLOAT32, r"compute capability \(6, 1\) is below \(7, 0\)"),
+        (None, (7, 5), (torch.bfloat16, torch.float32, torch.float32), r"bfloat16 inputs need .* \(8, 0\)"),
+        (None, (9, 0), (torch.float32, torch.float8_e4m3fn, torch.float32), "dtype torch.float8_e4m3fn"),
+    ],
+    ids=["no-triton", "old-gpu", "bf16-on-turing", "fp8"],
+)
+def test_auto_falls_back_to_grid_sample_on_cuda_with_one_log_line(
+    fake_gpu, caplog: pytest.LogCaptureFixture, import_error, capability, dtypes, reason
+) -> None:
+    fake_gpu(import_error, capability)
+    with caplog.at_level(logging.WARNING, logger="models.ms_deform_attn"):
+        for _ in range(3):
+            assert select_core_impl("auto", CUDA, dtypes) == "reference"
+    assert len(caplog.records) == 1, caplog.text
+    assert "grid_sample" in caplog.text
+    with pytest.raises(RuntimeError, match=f"impl 'triton' cannot run: .*{reason}"):
+        select_core_impl("triton", CUDA, dtypes)
+
+
+def test_explicit_choices_run_as_asked(fake_gpu) -> None:
+    fake_gpu("ModuleNotFoundError: No module named 'triton'")
+    for device in (CPU, CUDA):
+        assert select_core_impl("pytorch", device, FLOAT32) == "pytorch"
+        assert select_core_impl("reference", device, FLOAT32) == "reference"
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("triton", reason="without Triton the error names the import failure (tested above)")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    value, spatial_shapes, locations, weights = random_core_inputs([(3, 4)], 1, 4, 1, 2, 1, seed=0, dtype=torch.float32)
+    message = "tensors are on cpu: the Triton kernel runs on CUDA GPUs.*TRITON_INTERPRET=1"
+    with pytest.raises(RuntimeError, match=message):
+        ms_deform_attn_core(value, spatial_shapes, locations, weights, impl="triton")
+
+
+def test_unknown_impl_is_rejected() -> None:
+    value, spatial_shapes, locations, weights = random_core_inputs([(3, 4)], 1, 4, 1, 2, 1, seed=0, dtype=torch.float32)
+    with pytest.raises(ValueError, match="must be one of .*'reference'.*got 'cuda'"):
+        ms_deform_attn_core(value, spatial_shapes, locations, weights, impl="cuda")
+    with pytest.raises(ValueError, match="must be one of"):
+        set_core_impl(MSDeformAttn(16, 2, 2, 2), "fast")
+
+
+def test_dispatch_runs_the_named_core_on_cpu() -> None:
+    """auto on the CPU is the embedding_bag core, bit for bit; reference is grid_sample's."""
+    value, spatial_shapes, locations, weights = random_core_inputs(
+        [(5, 6), (2, 3)], 2, 7, 2, 4, 2, seed=1, dtype=torch.float32
+    )
+    sparse = ms_deform_attn_core_sparse(value, spatial_shapes, locations, weights)
+    grid_sample = ms_deform_attn_core_pytorch(value, spatial_shapes, locations, weights)
+    assert not torch.equal(sparse, grid_sample)  # the two differ in rounding, so the checks below tell them apart
+    assert torch.equal(ms_deform_attn_core(value, spatial_shapes, locations, weights), sparse)
+    assert torch.equal(ms_deform_attn_core(value, spatial_shapes, locations, weights, impl="pytorch"), sparse)
+    assert torch.equal(ms_deform_attn_core(value, spatial_shapes, locations, weights, impl="reference"), grid_sample)
+
+
+def test_msda_impl_option_reaches_every_module() -> None:
+    from tests.models.test_referformer import build_tiny_model
+
+    model, _ = build_tiny_model(msda_impl="reference")
+    impls = [module.core_impl for module in model.modules() if isinstance(module, MSDeformAttn)]
+    assert impls == ["reference"] * 4  # 2 encoder layers + 2 decoder layers
+    model, _ = build_tiny_model()
+    assert {module.core_impl for module in model.modules() if isinstance(module, MSDeformAttn)} == {"auto"}
