@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -27,16 +27,13 @@ from util.visualize import load_palette
 from video_inference import (
     InferenceTask,
     OutputGroup,
-    RunSummary,
-    VideoInferenceRunner,
     VideoJob,
     inference_checkpoint,
     launch,
     missing_outputs,
-    process_device,
+    predict_videos,
     remove_partial_root,
     setup_logging,
-    shard,
 )
 
 logger = logging.getLogger("inference_davis")
@@ -97,21 +94,14 @@ def davis_jobs(davis_path: str | Path, split: str) -> list[VideoJob]:
     return jobs
 
 
-def _worker(rank: int, world_size: int, args: argparse.Namespace) -> RunSummary:
-    from models.predictor import load_predictor
+def _jobs(args: argparse.Namespace) -> list[VideoJob]:
+    """The jobs of ``--split`` (each process of ``--ngpu`` builds them from the arguments)."""
+    return davis_jobs(args.davis_path, args.split)
 
-    setup_logging(args.output_dir, rank)
-    device = process_device(args, int(os.environ.get("LOCAL_RANK", rank)), world_size)
-    jobs = shard(davis_jobs(args.davis_path, args.split), rank, world_size)
-    predictor = load_predictor(args, inference_checkpoint(args), device, args.expressions_per_batch)
+
+def _task(args: argparse.Namespace) -> InferenceTask:
     palette = load_palette(Path(args.davis_path, args.split, ANNOTATIONS_DIR, *PALETTE_SOURCE))
-    output_dir = Path(args.output_dir)
-    task = InferenceTask(clip_len=DAVIS_CLIP_LEN, merge_objects=True, palette=palette)
-    runner = VideoInferenceRunner(
-        predictor, task, output_dir / args.split,
-        visual_root=output_dir / f"{args.split}_images" if args.visualize else None,
-    )
-    return runner.run(jobs, position=rank)
+    return InferenceTask(clip_len=DAVIS_CLIP_LEN, merge_objects=True, palette=palette)
 
 
 def evaluate(args: argparse.Namespace, results_path: Path) -> dict[str, float] | None:
@@ -135,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float] | None:
     logger.info("checkpoint: %s", checkpoint)
     jobs = davis_jobs(args.davis_path, args.split)
     logger.info("Ref-DAVIS17 %s: %d videos, %d expressions", args.split, len(jobs), sum(len(j.captions) for j in jobs))
-    is_main, summary = launch(_worker, args)
+    is_main, summary = launch(partial(predict_videos, jobs=_jobs, task=_task), args)
     if summary is not None:
         logger.info("summary: %s", summary.describe())
     if not is_main:

@@ -17,24 +17,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 from datasets.meta import frame_path, meta_expressions_path, ytvos_split_videos
 from opts import inference_parser, validate_args
 from video_inference import (
-    InferenceTask,
     OutputGroup,
-    RunSummary,
-    VideoInferenceRunner,
     VideoJob,
+    binary_mask_task,
     inference_checkpoint,
     launch,
-    process_device,
+    predict_videos,
     remove_partial_root,
     setup_logging,
-    shard,
     write_submission_zip,
 )
 
@@ -78,20 +75,9 @@ def ytvos_jobs(ytvos_path: str | Path, split: str) -> list[VideoJob]:
     return jobs
 
 
-def _worker(rank: int, world_size: int, args: argparse.Namespace) -> RunSummary:
-    from models.predictor import load_predictor
-
-    setup_logging(args.output_dir, rank)
-    device = process_device(args, int(os.environ.get("LOCAL_RANK", rank)), world_size)
-    jobs = shard(ytvos_jobs(args.ytvos_path, args.split), rank, world_size)
-    predictor = load_predictor(args, inference_checkpoint(args), device, args.expressions_per_batch)
-    output_dir = Path(args.output_dir)
-    task = InferenceTask(clip_len=None, merge_objects=False, threshold=args.threshold)
-    runner = VideoInferenceRunner(
-        predictor, task, output_dir / args.split,
-        visual_root=output_dir / f"{args.split}_images" if args.visualize else None,
-    )
-    return runner.run(jobs, position=rank)
+def _jobs(args: argparse.Namespace) -> list[VideoJob]:
+    """The jobs of ``--split`` (each process of ``--ngpu`` builds them from the arguments)."""
+    return ytvos_jobs(args.ytvos_path, args.split)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -103,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     logger.info("checkpoint: %s", checkpoint)
     jobs = ytvos_jobs(args.ytvos_path, args.split)  # reads the metadata once up front: errors before any work
     logger.info("Ref-YouTube-VOS %s: %d videos, %d expressions", args.split, len(jobs), sum(len(j.groups) for j in jobs))
-    is_main, summary = launch(_worker, args)
+    is_main, summary = launch(partial(predict_videos, jobs=_jobs, task=binary_mask_task), args)
     if summary is not None:
         logger.info("summary: %s", summary.describe())
     zip_path = Path(args.output_dir) / f"submission-{args.split}.zip"

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from datasets.meta import read_frame
 from models.postprocessors import binarize_mask_logits, merge_object_probs
-from models.predictor import ExpressionPrediction, VideoPredictor, frames_per_chunk, iter_upsampled_logits
+from models.predictor import ExpressionPrediction, VideoPredictor, frames_per_chunk, iter_upsampled_logits, load_predictor
 from util.checkpoint import find_latest_checkpoint
 from util.logger import setup_logging as logger_setup
 from util.visualize import draw_prediction, expression_color, overlay_labels, palette_image, save_gif
@@ -409,6 +409,33 @@ def process_device(args: argparse.Namespace, local_rank: int, world_size: int) -
 
 
 Worker = Callable[[int, int, argparse.Namespace], RunSummary]
+
+
+def predict_videos(rank: int, world_size: int, args: argparse.Namespace, *,
+                   jobs: Callable[[argparse.Namespace], Sequence[VideoJob]],
+                   task: Callable[[argparse.Namespace], InferenceTask]) -> RunSummary:
+    """The work of one process (a :data:`Worker` once ``jobs`` and ``task`` are bound, e.g. with
+    ``functools.partial``): its share of ``jobs(args)``, predicted with the ``--resume`` model and
+    written as ``task(args)`` says under ``<output_dir>/<split>`` (overlays under
+    ``<output_dir>/<split>_images`` with ``--visualize``).
+
+    ``jobs`` and ``task`` must be module-level functions: ``--ngpu`` processes receive them pickled.
+    """
+    setup_logging(args.output_dir, rank)
+    device = process_device(args, int(os.environ.get("LOCAL_RANK", rank)), world_size)
+    own_jobs = shard(jobs(args), rank, world_size)
+    predictor = load_predictor(args, inference_checkpoint(args), device, args.expressions_per_batch)
+    output_dir = Path(args.output_dir)
+    runner = VideoInferenceRunner(
+        predictor, task(args), output_dir / args.split,
+        visual_root=output_dir / f"{args.split}_images" if args.visualize else None,
+    )
+    return runner.run(own_jobs, position=rank)
+
+
+def binary_mask_task(args: argparse.Namespace) -> InferenceTask:
+    """The whole video in one pass and one folder of 0/255 PNGs per expression (Ref-YouTube-VOS, MeViS)."""
+    return InferenceTask(clip_len=None, merge_objects=False, threshold=args.threshold)
 
 
 def launch(worker: Worker, args: argparse.Namespace) -> tuple[bool, RunSummary | None]:

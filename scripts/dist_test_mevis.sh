@@ -14,9 +14,7 @@
 # from (run it from the repository root for the default data path data/mevis).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
-check_output_dir_argument "$@"
-OUTPUT_DIR=$(absolute "$1")
-WEIGHTS=$(weights_argument "${2:-}")
+output_dir_and_weights_arguments "$@"
 shift 2
 launch_settings
 

@@ -16,9 +16,7 @@
 # for the default data paths data/...). Rerunning continues from the newest checkpoint (--resume auto).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
-check_output_dir_argument "$@"
-OUTPUT_DIR=$(absolute "$1")
-WEIGHTS=$(weights_argument "${2:-}")
+output_dir_and_weights_arguments "$@"
 shift 2
 launch_settings
 

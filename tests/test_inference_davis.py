@@ -213,8 +213,8 @@ def test_resume_auto_uses_the_checkpoint_of_the_output_dir_or_says_there_is_none
     output.mkdir()
     shutil.copy(assets[1], output / "checkpoint.pth")
     loaded = []
-    load_predictor = models.predictor.load_predictor
-    monkeypatch.setattr(models.predictor, "load_predictor",
+    load_predictor = video_inference.load_predictor
+    monkeypatch.setattr(video_inference, "load_predictor",
                         lambda args, path, *rest: (loaded.append(path), load_predictor(args, path, *rest))[1])
     inference_davis.main(argv(assets, data, output, "--resume", "auto"))
     assert loaded == [output / "checkpoint.pth"] and set(files_under(output / "valid")) == expected_files()

@@ -10,7 +10,8 @@
 #                  default: the launcher's (1)
 #   ACCUM_ITER     gradient accumulation; default 8 / GPUS_PER_NODE, the original's 8 GPUs' batch
 #
-# Defines REPO_ROOT, and after launch_settings GPUS, GPUS_PER_NODE, PORT, ACCUM_ITER.
+# Defines REPO_ROOT; output_dir_and_weights_arguments OUTPUT_DIR and WEIGHTS; launch_settings GPUS,
+# GPUS_PER_NODE, PORT, ACCUM_ITER.
 
 REPO_ROOT=$(cd -P "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # The original trained every recipe on 8 GPUs; the batch per GPU is in each script's flags.
@@ -55,6 +56,14 @@ weights_argument() {
     fi
     [[ -f $1 ]] || die "weights file $1 does not exist"
     absolute "$1"
+}
+
+# OUTPUT_DIR and WEIGHTS, absolute, from the script's arguments OUTPUT_DIR WEIGHTS [...] (the caller
+# then shifts them off); a missing or misplaced argument is a usage error.
+output_dir_and_weights_arguments() {
+    check_output_dir_argument "$@"
+    OUTPUT_DIR=$(absolute "$1")
+    WEIGHTS=$(weights_argument "${2:-}")
 }
 
 detect_gpus() {
