@@ -60,8 +60,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser = inference_parser(
         "inference_mevis.py",
         "MeViS inference: predict a mask for every expression of --split (valid_u or valid), then score valid_u "
-        "with the official metric or zip valid for the challenge server. Pass the model flags the checkpoint "
-        "(--resume) was trained with.",
+        "with the official metric or zip valid for the challenge server. --resume: a checkpoint file, a model folder "
+        "or a Hugging Face Hub id; the model options are read from it.",
     )
     parser.set_defaults(dataset_file="mevis")
     return parser

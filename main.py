@@ -47,7 +47,9 @@ from util.checkpoint import (LATEST_CHECKPOINT, epoch_checkpoint_name, find_late
                              load_pretrained_weights, load_resnet_imagenet_weights, save_checkpoint,
                              torchvision_weights_file)
 from util.dist import DistributedInfo, barrier, init_distributed_mode
+from util.amp import amp_settings
 from util.logger import MetricLogger, append_json_line, format_metrics, setup_logging
+from util.memory import reuse_freed_memory
 from util.optim import build_optimizer
 from util.random_state import seed_everything
 from util.resume import TrainingProgress, restore_training_state, training_checkpoint
@@ -73,18 +75,6 @@ def resolve_device(name: str, dist_info: DistributedInfo) -> torch.device:
     return device
 
 
-def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
-    """``--amp``: bfloat16 autocast on GPUs that support it, else float16 with a gradient scaler; off on the CPU."""
-    if not enabled:
-        return None, None
-    if device.type != "cuda":
-        logger.warning("--amp is ignored on %s: mixed precision is only used on CUDA", device)
-        return None, None
-    if torch.cuda.is_bf16_supported():
-        return torch.bfloat16, None
-    return torch.float16, torch.amp.GradScaler("cuda")
-
-
 @dataclass(frozen=True)
 class Evaluation:
     """The validation data of one dataset: its loader over this process's share, and its evaluator."""
@@ -105,12 +95,14 @@ def build_evaluation_loaders(args: argparse.Namespace, device: torch.device,
     ]
 
 
-def run_evaluations(model: torch.nn.Module, evaluations: list[Evaluation], device: torch.device) -> dict[str, float]:
-    """Evaluate ``model`` on every dataset of ``evaluations``; their metrics in one dict, logged as tables."""
+def run_evaluations(model: torch.nn.Module, evaluations: list[Evaluation], device: torch.device,
+                    amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Evaluate ``model`` on every dataset of ``evaluations`` (under autocast in ``amp_dtype`` if given); their
+    metrics in one dict, logged as tables."""
     results: dict[str, float] = {}
     for evaluation in evaluations:
         logger.info("evaluating on %s: %d samples", evaluation.name, len(evaluation.loader.dataset))
-        metrics = evaluate(model, evaluation.loader, evaluation.evaluator, device)
+        metrics = evaluate(model, evaluation.loader, evaluation.evaluator, device, amp_dtype=amp_dtype)
         logger.info("%s results:\n%s", evaluation.name, format_metrics(metrics))
         results.update(metrics)
     return results
@@ -132,7 +124,8 @@ def evaluate_only(args: argparse.Namespace, device: torch.device, dist_info: Dis
                          f"{output_dir})")
     model, args = load_trained_model(args, checkpoint_path)
     logger.info("evaluating the weights of %s", checkpoint_path)
-    results = run_evaluations(model.to(device), build_evaluation_loaders(args, device, dist_info), device)
+    amp_dtype, _ = amp_settings(args.amp, device)
+    results = run_evaluations(model.to(device), build_evaluation_loaders(args, device, dist_info), device, amp_dtype)
     if dist_info.rank == 0:
         write_results(output_dir / EVAL_FILE, results)
     return results
@@ -175,6 +168,8 @@ def main(args: argparse.Namespace) -> dict[str, float] | None:
     setup_logging(output_dir, is_main=main_process)
     logger.info("command: %s", " ".join(sys.argv))
     device = resolve_device(args.device, dist_info)
+    if device.type == "cpu":
+        reuse_freed_memory()
     seed_everything(args.seed + dist_info.rank)
 
     if args.eval:
@@ -264,7 +259,7 @@ def main(args: argparse.Namespace) -> dict[str, float] | None:
         save(epoch, None)
         test_stats = {}
         if evaluations:
-            test_stats = run_evaluations(model_without_ddp, evaluations, device)
+            test_stats = run_evaluations(model_without_ddp, evaluations, device, amp_dtype)
             if main_process:
                 write_results(output_dir / f"eval_epoch{epoch:04}.json", test_stats)
         if main_process:

@@ -259,6 +259,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--unsafe_load", action="store_true",
                      help="allow pickled Python objects in checkpoints (torch.load weights_only=False); "
                           "only for trusted files")
+    run.add_argument("--amp", action="store_true",
+                     help="mixed precision for training, evaluation and inference (new in this re-implementation): "
+                          "bfloat16 autocast on GPUs that support it (else float16 with loss scaling) and on CPUs "
+                          "with native bfloat16 (AVX-512 BF16 or AMX; elsewhere ignored with a warning); the "
+                          "deformable-attention core, the losses and the matcher stay float32")
 
     test = parser.add_argument_group("inference")
     test.add_argument("--threshold", default=0.5, type=float,
@@ -274,6 +279,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                       help="Ref-YTVOS / Ref-DAVIS inference: expressions of a clip that share one pass through the "
                            "caption-dependent part of the model (the backbone runs once per clip for all of them); "
                            "default 4 on CUDA, 1 on the CPU (where batching saves no time and multiplies memory)")
+    test.add_argument("--frames_per_pass", default=0, type=int,
+                      help="inference and demo.py (new in this re-implementation): 0 (default) runs every clip "
+                           "whole, as the original; N > 0 runs a longer clip through the model in slices of N "
+                           "frames, so that memory does not grow with the video length. The query is still chosen "
+                           "over the whole clip, but a slice's frames attend only to each other in the cross-modal "
+                           "FPN (and Video Swin), so the masks differ somewhat from the whole clip's")
 
     distributed = parser.add_argument_group("distributed")
     distributed.add_argument("--world_size", default=1, type=int, help="number of distributed processes")
@@ -313,9 +324,6 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                           help="per-frame photometric distortion of training clips: the original's (its uint8 cast "
                                "wraps out-of-range values around), 'clipped' to [0, 255], or 'off' (for data whose "
                                "expressions name colours the distortion's channel swaps and hue shifts would change)")
-    training.add_argument("--amp", action="store_true",
-                          help="mixed precision on CUDA (bfloat16 where supported, else float16 with loss scaling); "
-                               "ignored with a warning on the CPU")
 
 
 def inference_parser(prog: str, description: str) -> argparse.ArgumentParser:

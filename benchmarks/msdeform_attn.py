@@ -39,6 +39,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.ms_deform_attn import MSDeformAttn, ms_deform_attn_core, select_core_impl  # noqa: E402
+from util.memory import reuse_freed_memory  # noqa: E402
 
 FRAMES = 5
 IMAGE_SIZE = (360, 640)
@@ -194,6 +195,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # as the entry points do on the CPU
     device = torch.device(args.device)
     impls = args.impls or runnable_impls(device)
 

@@ -7,7 +7,8 @@ padded to 384×640. Each configuration runs in its own process, so the peak memo
 ``torch.cuda.max_memory_allocated`` on CUDA, the process's peak resident memory (ru_maxrss, includes
 the Python/torch runtime) on the CPU.
 
-Configurations: fp32 (the baseline); ``--amp`` (bfloat16/float16 autocast, CUDA only); activation
+Configurations: fp32 (the baseline); ``--amp`` (bfloat16/float16 autocast on CUDA, bfloat16 on CPUs
+with native bfloat16, ``util/amp.py``; skipped with the reason elsewhere); activation
 checkpointing (``--use_checkpoint``) exists for the Swin backbones only, so it is measured with
 Swin-T at the same resolution, against Swin-T without it. Unavailable rows are printed as such.
 
@@ -29,6 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from util.amp import cpu_bfloat16_unsupported_reason  # noqa: E402
+
 FRAMES, HEIGHT, WIDTH = 5, 360, 640
 REFERENCE = ROOT / "tests" / "golden"
 # (row name, backbone, --amp, --use_checkpoint)
@@ -49,9 +52,12 @@ def run_one(backbone: str, amp: bool, use_checkpoint: bool, device_name: str, it
     from util.nested_tensor import TRAIN_SIZE_DIVISIBILITY, nested_tensor_from_videos_list
     from util.optim import build_optimizer
 
-    from main import amp_settings
+    from util.amp import amp_settings
+    from util.memory import reuse_freed_memory
 
     device = torch.device(device_name)
+    if device.type == "cpu":
+        reuse_freed_memory()  # as main.py does
     argv = ["--backbone", backbone, "--with_box_refine", "--binary", "--freeze_text_encoder", "--device", device_name]
     args = get_args_parser().parse_args(argv + (["--use_checkpoint"] if use_checkpoint else []))
     text_config = json.loads((REFERENCE / "roberta_base_config.json").read_text())
@@ -109,8 +115,8 @@ def main() -> None:
           f"{'' if args.device != 'cpu' else f', {torch.get_num_threads()} threads'}, median of {args.iterations}")
     rows, baseline = [], {}
     for index, (name, backbone, amp, ckpt) in enumerate(CONFIGS):
-        if amp and not args.device.startswith("cuda"):
-            rows.append((name, "n/a: --amp is CUDA-only (ignored on the CPU)", "", "", ""))
+        if amp and args.device == "cpu" and cpu_bfloat16_unsupported_reason() is not None:
+            rows.append((name, f"n/a: --amp is ignored: {cpu_bfloat16_unsupported_reason()}", "", "", ""))
             continue
         command = [sys.executable, __file__, "--device", args.device, "--iterations", str(args.iterations),
                    "--only", str(index)] + (["--threads", str(args.threads)] if args.threads else [])

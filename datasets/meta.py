@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -86,18 +86,33 @@ def read_meta_expressions(path: str | Path) -> dict[str, VideoExpressions]:
     """
     path = Path(path)
     videos = {}
+    for video, frames, entries in iter_expression_entries(path):
+        expressions = []
+        for exp_id, exp in entries:
+            obj_id = exp.get("obj_id")
+            expressions.append(Expression(exp_id, exp["exp"], None if obj_id is None else str(obj_id)))
+        videos[video] = VideoExpressions(video, frames, tuple(expressions))
+    return videos
+
+
+def iter_expression_entries(path: Path) -> Iterator[tuple[str, tuple[str, ...], list[tuple[str, dict]]]]:
+    """``(video, frames, [(exp_id, expression entry), ...])`` per video of a ``meta_expressions.json`` (the
+    layout Ref-YouTube-VOS and MeViS share), in file order, once the structure every reader needs is checked:
+    a ``frames`` list and an ``expressions`` mapping per video, an ``exp`` string per expression.
+
+    Raises:
+        FileNotFoundError, DatasetFormatError: naming ``path`` and the offending video/expression.
+    """
     for video, entry in _videos_of(load_json(path), path).items():
         if not isinstance(entry, dict) or not isinstance(entry.get("frames"), list) \
                 or not isinstance(entry.get("expressions"), dict):
             raise DatasetFormatError(f"{path}: video {video!r} needs a 'frames' list and an 'expressions' mapping")
-        expressions = []
+        entries = []
         for exp_id, exp in entry["expressions"].items():
             if not isinstance(exp, dict) or not isinstance(exp.get("exp"), str):
                 raise DatasetFormatError(f"{path}: expression {exp_id!r} of video {video!r} has no 'exp' string")
-            obj_id = exp.get("obj_id")
-            expressions.append(Expression(str(exp_id), exp["exp"], None if obj_id is None else str(obj_id)))
-        videos[video] = VideoExpressions(video, tuple(str(f) for f in entry["frames"]), tuple(expressions))
-    return videos
+            entries.append((str(exp_id), exp))
+        yield video, tuple(str(f) for f in entry["frames"]), entries
 
 
 def read_meta(path: str | Path) -> dict[str, dict[str, dict]]:

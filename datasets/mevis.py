@@ -36,7 +36,8 @@ from PIL import Image
 
 from datasets import ytvos
 from datasets.categories import MEVIS_CATEGORIES
-from datasets.meta import META_EXPRESSIONS_FILE, DatasetFormatError, frame_path, load_json, read_frame
+from datasets.meta import (META_EXPRESSIONS_FILE, DatasetFormatError, frame_path, iter_expression_entries, load_json,
+                           read_frame)
 from datasets.ref_video import BadSampleError, ReferringVideoDataset, normalize_caption
 from datasets.refexp import EpochConcatDataset
 from datasets.transforms import Compose, make_clip_transforms
@@ -82,25 +83,17 @@ def read_expressions(path: str | Path) -> dict[str, MevisVideo]:
         FileNotFoundError, DatasetFormatError: naming ``path`` and the offending video or expression.
     """
     path = Path(path)
-    data = load_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("videos"), dict):
-        raise DatasetFormatError(f"{path} must hold an object with a 'videos' mapping")
     videos = {}
-    for video, entry in data["videos"].items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("frames"), list) \
-                or not isinstance(entry.get("expressions"), dict):
-            raise DatasetFormatError(f"{path}: video {video!r} needs a 'frames' list and an 'expressions' mapping")
+    for video, frames, entries in iter_expression_entries(path):
         expressions = []
-        for exp_id, exp in entry["expressions"].items():
-            if not isinstance(exp, dict) or not isinstance(exp.get("exp"), str):
-                raise DatasetFormatError(f"{path}: expression {exp_id!r} of video {video!r} has no 'exp' string")
+        for exp_id, exp in entries:
             anno_ids = exp.get("anno_id")
             if anno_ids is not None and not isinstance(anno_ids, list):
                 raise DatasetFormatError(f"{path}: expression {exp_id!r} of video {video!r}: 'anno_id' must be a "
                                          f"list, got {anno_ids!r}")
-            expressions.append(MevisExpression(str(exp_id), exp["exp"],
+            expressions.append(MevisExpression(exp_id, exp["exp"],
                                                None if anno_ids is None else tuple(str(a) for a in anno_ids)))
-        videos[video] = MevisVideo(video, tuple(str(f) for f in entry["frames"]), tuple(expressions))
+        videos[video] = MevisVideo(video, frames, tuple(expressions))
     return videos
 
 

@@ -58,7 +58,9 @@ class FrozenBatchNorm2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         scale = self.weight * (self.running_var + FROZEN_BN_EPS).rsqrt()
         shift = self.bias - self.running_mean * scale
-        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+        # One fused pass over x; in x's dtype, so that under autocast a bfloat16/float16 feature map stays
+        # in it instead of widening to float32 until the next convolution casts it back.
+        return torch.addcmul(shift.to(x.dtype).reshape(1, -1, 1, 1), x, scale.to(x.dtype).reshape(1, -1, 1, 1))
 
 
 class ResNetBody(nn.Module):

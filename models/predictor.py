@@ -6,7 +6,10 @@ demo. Per clip it
 1. resizes the frames to a short side of 360 and normalises them (:func:`preprocess_frames`);
 2. runs the caption-independent part of the model once (:meth:`ReferFormer.forward_visual`) and the
    rest for batches of expressions sharing it (:meth:`ReferFormer.forward_heads`); with
-   ``reuse_features=False`` it runs one full forward per expression instead, as the original;
+   ``reuse_features=False`` it runs one full forward per expression instead, as the original.
+   With ``frames_per_pass``, a longer clip runs through the model in slices of that many frames, so
+   activation memory does not grow with the video length (an approximation, see
+   :class:`VideoPredictor`);
 3. picks one query per expression for the whole clip (:func:`select_best_query`) and keeps only
    that query's low-resolution mask logits, box and reference point (:class:`ExpressionPrediction`);
 4. upsamples those logits straight to the original frame size a few frames at a time
@@ -17,6 +20,8 @@ mask size (stride 4 of the resized input), H×W the original frame size.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -27,8 +32,10 @@ from PIL import Image
 from torch import Tensor
 
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from models.cpu_inference import cpu_inference, use_channels_last
 from models.postprocessors import select_best_query, upsample_query_masks
 from models.referformer import ReferFormer, VisualFeatures
+from util.amp import autocast
 
 # Frames are resized so that their short side is 360 px (torchvision ``Resize(360)``), as the original.
 INFERENCE_SHORT_SIDE = 360
@@ -39,6 +46,8 @@ GPU_EXPRESSIONS_PER_BATCH = 4
 CPU_EXPRESSIONS_PER_BATCH = 1
 # Full-resolution planes (frames × objects) upsampled at once: bounds the memory of the last step.
 UPSAMPLE_PLANES = 8
+# The outputs kept per slice of a long clip until every frame is seen and the query can be chosen.
+SLICE_OUTPUTS = ("pred_logits", "pred_boxes", "pred_masks", "reference_points")
 
 
 def default_expressions_per_batch(device: torch.device | str) -> int:
@@ -86,6 +95,18 @@ class VideoPredictor:
         reuse_features: compute the backbone once per clip for all expressions; ``False`` runs the
             original's one full forward per expression (the reference the fast path is tested against).
         short_side: frames are resized to this short side (default :data:`INFERENCE_SHORT_SIDE`).
+        amp_dtype: run the model under autocast in this dtype (``--amp``: :func:`util.amp.amp_settings`);
+            None: float32. The predictions are float32 either way.
+        frames_per_pass: 0 (default): every clip runs whole, as the original. Otherwise a longer clip
+            runs in slices of this many frames, so that the model's memory is that of
+            ``frames_per_pass`` frames. The query is still chosen over the whole clip (the slices'
+            outputs of all queries are kept on the CPU until then: E × T × Q low-resolution masks),
+            but the frames of a slice see only each other where the model looks across frames (the
+            cross-modal FPN's self-attention over all pixels of a clip, Video Swin's windows), so the
+            masks differ from the whole clip's.
+
+    On the CPU the model's convolution weights are put in channels-last layout and its forward runs
+    with :func:`models.cpu_inference.cpu_inference` (same float32 arithmetic, faster kernels).
     """
 
     def __init__(
@@ -96,16 +117,24 @@ class VideoPredictor:
         expressions_per_batch: int | None = None,
         reuse_features: bool = True,
         short_side: int | None = None,
+        amp_dtype: torch.dtype | None = None,
+        frames_per_pass: int = 0,
     ):
         self.device = torch.device(device)
+        if frames_per_pass < 0:
+            raise ValueError(f"frames_per_pass must be 0 (whole clips) or positive, got {frames_per_pass}")
         if expressions_per_batch is None:
             expressions_per_batch = default_expressions_per_batch(self.device)
         if expressions_per_batch < 1:
             raise ValueError(f"expressions_per_batch must be at least 1, got {expressions_per_batch}")
         self.model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            use_channels_last(self.model)
+        self.amp_dtype = amp_dtype
         self.expressions_per_batch = expressions_per_batch
         self.reuse_features = reuse_features
         self.short_side = short_side or INFERENCE_SHORT_SIDE
+        self.frames_per_pass = frames_per_pass
 
     def preprocess(self, frames: Sequence[Image.Image]) -> Tensor:
         """RGB frames → model input ``[T, 3, h, w]`` (:func:`preprocess_frames` at :attr:`short_side`)."""
@@ -129,27 +158,70 @@ class VideoPredictor:
         target = {"size": torch.as_tensor(clip.shape[-2:], device=self.device)}
         if not self.reuse_features:
             for caption in captions:
-                outputs = self.model([clip], [caption], [target])
+                with self._forward_context():
+                    outputs = self.model([clip], [caption], [target])
                 yield [_choose_query(outputs, 0)]
             return
-        visual: VisualFeatures = self.model.forward_visual([clip])
-        for start in range(0, len(captions), self.expressions_per_batch):
-            batch = list(captions[start : start + self.expressions_per_batch])
-            outputs = self.model.forward_heads(
-                visual.repeat_clips(len(batch)), batch, [target] * len(batch), aux_outputs=False
-            )
+        if 0 < self.frames_per_pass < clip.shape[0]:
+            yield from self._predict_in_slices(clip, captions, target)
+            return
+        with self._forward_context():
+            visual: VisualFeatures = self.model.forward_visual([clip])
+        for _, batch in self._caption_batches(captions):
+            outputs = self._forward_batch(visual, batch, target)
             yield [_choose_query(outputs, i) for i in range(len(batch))]
+
+    def _caption_batches(self, captions: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
+        """``(index of the first caption, captions)`` of each batch of :attr:`expressions_per_batch`."""
+        for start in range(0, len(captions), self.expressions_per_batch):
+            yield start, list(captions[start : start + self.expressions_per_batch])
+
+    def _forward_batch(self, visual: VisualFeatures, batch: list[str], target: dict) -> dict:
+        """The last decoder layer's outputs for ``batch`` captions sharing one clip's ``visual`` features."""
+        with self._forward_context():
+            return self.model.forward_heads(visual.repeat_clips(len(batch)), batch, [target] * len(batch),
+                                            aux_outputs=False)
+
+    def _predict_in_slices(self, clip: Tensor, captions: Sequence[str], target: dict) -> Iterator[list[ExpressionPrediction]]:
+        """:meth:`predict_clip` of a long clip, :attr:`frames_per_pass` frames per forward: the outputs of
+        every query are gathered on the CPU over the slices, then the query is chosen over all frames."""
+        gathered: list[dict[str, list[Tensor]]] = [{key: [] for key in SLICE_OUTPUTS} for _ in captions]
+        for frame_start in range(0, clip.shape[0], self.frames_per_pass):
+            with self._forward_context():
+                visual = self.model.forward_visual([clip[frame_start : frame_start + self.frames_per_pass]])
+            for batch_start, batch in self._caption_batches(captions):
+                outputs = self._forward_batch(visual, batch, target)
+                for i in range(len(batch)):
+                    for key in SLICE_OUTPUTS:
+                        gathered[batch_start + i][key].append(outputs[key][i].float().cpu())  # [t, Q, ...]
+            del visual  # before the next slice's features are computed
+        for batch_start, batch in self._caption_batches(captions):
+            predictions = []
+            for slices in gathered[batch_start : batch_start + len(batch)]:
+                outputs = {key: torch.cat(slices[key])[None] for key in SLICE_OUTPUTS}  # [1, T, Q, ...]
+                prediction = _choose_query(outputs, 0)
+                predictions.append(dataclasses.replace(prediction, mask_logits=prediction.mask_logits.to(self.device)))
+                slices.clear()
+            yield predictions
+
+    @contextlib.contextmanager
+    def _forward_context(self) -> Iterator[None]:
+        """Autocast (``amp_dtype``) and the CPU kernels around one forward; not held across a ``yield``,
+        so that the caller's code between batches runs outside them."""
+        with autocast(self.device, self.amp_dtype), cpu_inference(self.model):
+            yield
 
 
 def _choose_query(outputs: dict, index: int) -> ExpressionPrediction:
     """Keep the best query of clip ``index`` of the model outputs (moved to the CPU)."""
-    query_index, query_scores = select_best_query(outputs["pred_logits"][index])  # [T, Q, K] → int, [Q]
+    # float32 whatever the autocast dtype the model ran in
+    query_index, query_scores = select_best_query(outputs["pred_logits"][index].float())  # [T, Q, K] → int, [Q]
     return ExpressionPrediction(
         query_index=query_index,
         query_scores=query_scores.cpu(),
-        mask_logits=outputs["pred_masks"][index, :, query_index],  # [T, h, w], stays on the model's device
-        boxes=outputs["pred_boxes"][index, :, query_index].cpu(),  # [T, 4]
-        reference_points=outputs["reference_points"][index, :, query_index].cpu(),  # [T, 2]
+        mask_logits=outputs["pred_masks"][index, :, query_index].float(),  # [T, h, w], stays on the model's device
+        boxes=outputs["pred_boxes"][index, :, query_index].float().cpu(),  # [T, 4]
+        reference_points=outputs["reference_points"][index, :, query_index].float().cpu(),  # [T, 2]
     )
 
 
@@ -188,9 +260,18 @@ def load_predictor(
 
     The model is built with the options stored with the weights wherever ``args`` (the command line) does not
     give them, and loaded strictly (:func:`models.pretrained.load_trained_model`): official ReferFormer
-    checkpoints, ``main.py``'s and exported folders need no model flags.
+    checkpoints, ``main.py``'s and exported folders need no model flags. ``args.amp`` (``--amp``) runs it
+    under autocast (:func:`util.amp.amp_settings`). On the CPU the process keeps freed memory for reuse
+    (:func:`util.memory.reuse_freed_memory`).
     """
     from models.pretrained import load_trained_model
+    from util.amp import amp_settings
+    from util.memory import reuse_freed_memory
 
+    device = torch.device(device)
+    if device.type == "cpu":
+        reuse_freed_memory()
+    amp_dtype, _ = amp_settings(args.amp, device)
     model, _ = load_trained_model(args, checkpoint_path)
-    return VideoPredictor(model, device=device, expressions_per_batch=expressions_per_batch, short_side=args.short_side)
+    return VideoPredictor(model, device=device, expressions_per_batch=expressions_per_batch, short_side=args.short_side,
+                          amp_dtype=amp_dtype, frames_per_pass=args.frames_per_pass)

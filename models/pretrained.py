@@ -415,7 +415,7 @@ def model_card(config: Mapping[str, Any], card: ModelCard, load_name: str) -> st
         "", "| option | value |", "|---|---|",
         *(f"| {dest} | {json.dumps(config[dest])} |" for dest in STORED_MODEL_OPTIONS if dest != "text_encoder"),
         f"| classes | {config['num_classes']} |",
-        f"| text encoder | "
+        "| text encoder | "
         + ("`text_encoder/` (its config and tokenizer; its weights are in `model.safetensors`) |"
            if text_encoder == TEXT_ENCODER_DIR else
            f"`{text_encoder}`: its config and tokenizer come from the local Hugging Face cache, its weights from "

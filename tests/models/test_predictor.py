@@ -115,3 +115,48 @@ def test_expressions_run_one_at_a_time_on_the_cpu_and_four_at_a_time_on_cuda(mod
     assert default_expressions_per_batch("cuda:0") == 4
     with pytest.raises(ValueError, match="at least 1"):
         VideoPredictor(model, expressions_per_batch=0)
+
+
+
+def sliced_reference(model, clip, caption, frames_per_pass):
+    """One full forward per slice of the clip; the query with the highest class probability averaged over
+    all frames of all slices; its outputs concatenated."""
+    target = {"size": torch.tensor(clip.shape[-2:])}
+    with torch.no_grad():
+        slices = [model([clip[i : i + frames_per_pass]], [caption], [target])
+                  for i in range(0, len(clip), frames_per_pass)]
+    logits = torch.cat([o["pred_logits"][0] for o in slices])  # [T, Q, K]
+    query = int(logits.sigmoid().mean(0).max(-1).values.argmax())
+    masks = torch.cat([o["pred_masks"][0, :, query] for o in slices])
+    boxes = torch.cat([o["pred_boxes"][0, :, query] for o in slices])
+    return query, masks, boxes
+
+
+@pytest.mark.parametrize("frames_per_pass, expressions_per_batch", [(2, 1), (3, 2), (1, 5)])
+def test_long_clips_in_slices_choose_the_query_over_the_whole_clip(model, frames_per_pass, expressions_per_batch):
+    clip = torch.randn(7, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    predictor = VideoPredictor(model, frames_per_pass=frames_per_pass, expressions_per_batch=expressions_per_batch)
+    batches = list(predictor.predict_clip(clip, CAPTIONS))
+    assert [len(b) for b in batches] == [len(CAPTIONS[i : i + expressions_per_batch])
+                                         for i in range(0, len(CAPTIONS), expressions_per_batch)]
+    predictions = [prediction for batch in batches for prediction in batch]
+    queries = set()
+    for caption, prediction in zip(CAPTIONS, predictions):
+        query, masks, boxes = sliced_reference(model, clip, caption, frames_per_pass)
+        queries.add(query)
+        assert prediction.query_index == query
+        assert prediction.mask_logits.shape == (7, 16, 20)
+        # feature reuse and batching against full forwards: float rounding (REL_TOL, as above)
+        torch.testing.assert_close(prediction.mask_logits, masks, rtol=0, atol=REL_TOL * masks.abs().max().item())
+        torch.testing.assert_close(prediction.boxes, boxes, rtol=0, atol=REL_TOL)
+    assert len(queries) > 1  # the choice depends on the caption
+
+
+def test_a_slice_as_long_as_the_clip_is_the_whole_clip(model, clip):
+    whole = predict_all(VideoPredictor(model), clip, CAPTIONS)
+    sliced = predict_all(VideoPredictor(model, frames_per_pass=len(clip)), clip, CAPTIONS)
+    for w, s in zip(whole, sliced):
+        assert s.query_index == w.query_index and torch.equal(s.mask_logits, w.mask_logits)
+    assert VideoPredictor(model).frames_per_pass == 0  # whole clips by default, as the original
+    with pytest.raises(ValueError, match="frames_per_pass"):
+        VideoPredictor(model, frames_per_pass=-1)

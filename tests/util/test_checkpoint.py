@@ -435,7 +435,7 @@ def test_missing_weights_offline_name_the_file_the_directory_and_the_alternative
         with pytest.raises(FileNotFoundError) as error:
             torchvision_weights_file(FakeWeights(), download=download)
         message = str(error.value)
-        assert f"resnet18-f37072fd.pth (ResNet18_Weights.IMAGENET1K_V1" in message and f"not in {directory}" in message
+        assert "resnet18-f37072fd.pth (ResNet18_Weights.IMAGENET1K_V1" in message and f"not in {directory}" in message
         assert "--backbone_pretrained FILE" in message and "--backbone_from_scratch" in message
         assert ("Temporary failure in name resolution" in message) == download
     assert not any(directory.iterdir())
