@@ -132,3 +132,32 @@ def test_skipped_samples_are_counted_and_logged(tiny, caplog):
                             torch.device("cpu"), 0, max_norm=0.1, num_iterations=2)
     assert stats["skipped_samples"] == 1
     assert "skipped 1 bad samples" in caplog.text and "00005.jpg" in caplog.text
+
+
+def test_bfloat16_autocast_step_runs_the_model_in_bfloat16_and_the_losses_in_float32(tiny):
+    """--amp on the CPU (util/amp.py): the layers compute in bfloat16, the criterion gets float32 outputs,
+    the gradients are float32 and point where float32's do."""
+    model, criterion = tiny
+    layer_dtypes, criterion_dtypes = set(), set()
+    hooks = [
+        model.transformer.encoder.layers[0].linear1.register_forward_hook(lambda m, i, o: layer_dtypes.add(o.dtype)),
+        criterion.register_forward_pre_hook(lambda m, args: criterion_dtypes.add(args[0]["pred_masks"].dtype)),
+    ]
+    gradients = {}
+    try:
+        for amp_dtype in (None, torch.bfloat16):
+            layer_dtypes.clear()
+            criterion_dtypes.clear()
+            optimizer = RecordingOptimizer([p for p in model.parameters() if p.requires_grad])
+            stats = train_one_epoch(model, criterion, list(batches([0, 1], 2)), optimizer, torch.device("cpu"), 0,
+                                    max_norm=0.0, num_iterations=1, amp_dtype=amp_dtype)
+            assert math.isfinite(stats["loss"])
+            assert layer_dtypes == {amp_dtype or torch.float32} and criterion_dtypes == {torch.float32}
+            gradients[amp_dtype] = torch.cat([g.flatten() for g in optimizer.recorded[0]])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    low, full = gradients[torch.bfloat16], gradients[None]
+    assert low.dtype == torch.float32
+    # bfloat16 keeps 8 bits of mantissa: cosine similarity measured 0.998 on this model and batch
+    assert torch.nn.functional.cosine_similarity(low, full, dim=0) > 0.99
