@@ -1,4 +1,4 @@
-"""A2D-Sentences (``--dataset_file a2d``, ``--a2d_path``), spec 4.3.
+"""A2D-Sentences (``--dataset_file a2d``, ``--a2d_path``); layout in docs/data.md.
 
 Layout of ``--a2d_path`` (the original's)::
 

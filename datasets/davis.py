@@ -1,4 +1,4 @@
-"""Ref-DAVIS17 training set (``--dataset_file davis``, ``--davis_path``), spec 4.2.
+"""Ref-DAVIS17 training set (``--dataset_file davis``, ``--davis_path``); layout in docs/data.md.
 
 The data must first be converted to the Ref-YouTube-VOS layout with
 ``tools/data/convert_davis_to_ytvos.py``. Unlike Ref-YouTube-VOS, the local frames around the

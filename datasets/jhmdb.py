@@ -1,4 +1,4 @@
-"""JHMDB-Sentences (``--dataset_file jhmdb``, ``--jhmdb_path``), evaluation only, spec 4.4.
+"""JHMDB-Sentences (``--dataset_file jhmdb``, ``--jhmdb_path``), evaluation only; layout in docs/data.md.
 
 Layout of ``--jhmdb_path``::
 

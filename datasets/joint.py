@@ -1,4 +1,4 @@
-"""Joint training on Ref-YouTube-VOS and RefCOCO/+/g pseudo-videos (``--dataset_file joint``), spec 4.6.
+"""Joint training on Ref-YouTube-VOS and RefCOCO/+/g pseudo-videos (``--dataset_file joint``).
 
 One dataset of, in this order, the pseudo-video clips (:mod:`datasets.refexp2seq`) of RefCOCO,
 RefCOCO+ and RefCOCOg and the Ref-YouTube-VOS training clips. All parts make T-frame clips with

@@ -1,6 +1,6 @@
 """Reading the metadata and frames of the ``meta_expressions`` datasets (Ref-YouTube-VOS, Ref-DAVIS17).
 
-Layout of a dataset root (spec 4.1; Ref-DAVIS17 is converted to the same layout, spec 4.2)::
+Layout of a dataset root (docs/data.md; Ref-DAVIS17 is converted to the same layout)::
 
     <root>/<split>/JPEGImages/<video>/<frame>.jpg
     <root>/<split>/Annotations/<video>/<frame>.png      palette PNG, pixel = object id

@@ -6,7 +6,7 @@ duplicates (a sample evaluated by two processes counts once) and compute the met
 process, against a COCO-format ground truth with one referred object per image id. Nothing is
 written to disk; pycocotools' printing goes to the log.
 
-:class:`A2DEvaluator` (A2D-Sentences and JHMDB-Sentences, spec 6.4). Every query of a sample is a
+:class:`A2DEvaluator` (A2D-Sentences and JHMDB-Sentences). Every query of a sample is a
 prediction (:class:`~models.postprocessors.A2DSentencesPostProcess`). Keys:
 
 * ``original mAP 0.5:0.95``, ``original AP 0.5``, ``original AP 0.75``, ``original AP 0.5:0.95 S``,
@@ -21,7 +21,7 @@ prediction (:class:`~models.postprocessors.A2DSentencesPostProcess`). Keys:
 
 COCO reports -1 for an area range without ground truth (e.g. ``AP 0.5:0.95 L`` on small frames).
 
-:class:`RefExpEvaluator` (RefCOCO/+/g val, spec 6.5): the highest-scoring prediction of each image
+:class:`RefExpEvaluator` (RefCOCO/+/g val): the highest-scoring prediction of each image
 (:class:`~models.postprocessors.PostProcess` and :class:`~models.postprocessors.PostProcessSegm`);
 keys ``<prefix> bbox P@0.5`` … ``<prefix> bbox P@0.9``, ``<prefix> bbox overall_iou``,
 ``<prefix> bbox mean_iou`` and the same with ``segm``. REC precision = ``bbox P@0.5``; RIS =

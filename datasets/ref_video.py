@@ -1,4 +1,4 @@
-"""Training clips of the ``meta_expressions`` datasets (Ref-YouTube-VOS, Ref-DAVIS17), spec 4.1.
+"""Training clips of the ``meta_expressions`` datasets (Ref-YouTube-VOS, Ref-DAVIS17).
 
 One sample per (video, expression, anchor frame), anchors every T-th frame of the sorted frame
 list. Loading a sample draws the clip's frames around the anchor (:mod:`datasets.sampling`; a

@@ -1,4 +1,4 @@
-"""RefCOCO / RefCOCO+ / RefCOCOg as one-frame clips (``--dataset_file refcoco|refcoco+|refcocog|all``), spec 4.5.
+"""RefCOCO / RefCOCO+ / RefCOCOg as one-frame clips (``--dataset_file refcoco|refcoco+|refcocog|all``).
 
 The referring expressions are read from the COCO-format files written by
 ``tools/data/convert_refexp_to_coco.py``, in which every (referred object, sentence) pair is one

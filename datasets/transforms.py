@@ -108,7 +108,7 @@ class RandomHorizontalFlip:
 
 class PhotometricDistort:
     """Brightness, contrast, saturation, hue and channel-swap noise, drawn independently per frame
-    from the NumPy stream (the original's SSD-style distortion, spec 4.7).
+    from the NumPy stream (the original's SSD-style distortion).
 
     The float32 RGB array is handed to OpenCV as if it were BGR (as the original does). The
     original casts the result to uint8 without clipping, so out-of-range values wrap around

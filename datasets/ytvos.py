@@ -1,4 +1,4 @@
-"""Ref-YouTube-VOS training set (``--dataset_file ytvos``, ``--ytvos_path``), spec 4.1.
+"""Ref-YouTube-VOS training set (``--dataset_file ytvos``, ``--ytvos_path``); layout in docs/data.md.
 
 The synthetic Ref-Shapes dataset of the quick start (``--dataset_file ref_shapes``) has the same
 layout and is read from ``--ytvos_path`` too; only its category table differs.
