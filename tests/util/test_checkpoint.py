@@ -281,7 +281,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path):
 
 
 def test_resnet_imagenet_weights_drop_the_classifier(tmp_path):
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision
     from models.backbone import FrozenBatchNorm2d, ResNetBody
 
     imagenet = torchvision.models.resnet18(weights=None)
