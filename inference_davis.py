@@ -17,23 +17,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 from datasets.meta import ANNOTATIONS_DIR, frame_path, meta_expressions_path, read_meta_expressions
-from opts import inference_parser, validate_args
+from opts import inference_parser
 from util.visualize import load_palette
 from video_inference import (
     InferenceTask,
     OutputGroup,
     VideoJob,
-    inference_checkpoint,
-    launch,
     missing_outputs,
-    predict_videos,
     remove_partial_root,
-    setup_logging,
+    run_inference,
 )
 
 logger = logging.getLogger("inference_davis")
@@ -119,15 +115,7 @@ def evaluate(args: argparse.Namespace, results_path: Path) -> dict[str, float] |
 def main(argv: Sequence[str] | None = None) -> dict[str, float] | None:
     """Predict every video, then evaluate; returns the mean global scores (None without ground truth)."""
     args = get_parser().parse_args(argv)
-    validate_args(args)
-    checkpoint = inference_checkpoint(args)  # a missing checkpoint fails before any work
-    setup_logging(args.output_dir)
-    logger.info("checkpoint: %s", checkpoint)
-    jobs = davis_jobs(args.davis_path, args.split)
-    logger.info("Ref-DAVIS17 %s: %d videos, %d expressions", args.split, len(jobs), sum(len(j.captions) for j in jobs))
-    is_main, summary = launch(partial(predict_videos, jobs=_jobs, task=_task), args)
-    if summary is not None:
-        logger.info("summary: %s", summary.describe())
+    is_main, jobs = run_inference(args, "Ref-DAVIS17", jobs=_jobs, task=_task)
     if not is_main:
         return None
     results_path = Path(args.output_dir) / args.split

@@ -18,24 +18,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from datasets.meta import frame_path
 from datasets.mevis import expressions_path, mask_dict_path, read_expressions
-from opts import inference_parser, validate_args
+from opts import inference_parser
 from video_inference import (
     OutputGroup,
     VideoJob,
     binary_mask_task,
-    inference_checkpoint,
-    launch,
     missing_outputs,
-    predict_videos,
     remove_partial_root,
-    setup_logging,
+    run_inference,
     write_submission_zip,
 )
 
@@ -97,18 +93,10 @@ def _jobs(args: argparse.Namespace) -> list[VideoJob]:
 def main(argv: Sequence[str] | None = None) -> MevisInference:
     """Predict every video of ``--split``, then score (``valid_u``) or zip (``valid``) the masks."""
     args = get_parser().parse_args(argv)
-    validate_args(args)
     if args.split not in INFERENCE_SPLITS:
         raise ValueError(f"MeViS has no {args.split!r} split to predict; pass --split valid_u (scored here) or valid "
                          "(zipped for the challenge server)")
-    checkpoint = inference_checkpoint(args)  # a missing checkpoint fails before any work
-    setup_logging(args.output_dir)
-    logger.info("checkpoint: %s", checkpoint)
-    jobs = mevis_jobs(args.mevis_path, args.split)  # reads the metadata once up front: errors before any work
-    logger.info("MeViS %s: %d videos, %d expressions", args.split, len(jobs), sum(len(j.groups) for j in jobs))
-    is_main, summary = launch(partial(predict_videos, jobs=_jobs, task=binary_mask_task), args)
-    if summary is not None:
-        logger.info("summary: %s", summary.describe())
+    is_main, jobs = run_inference(args, "MeViS", jobs=_jobs, task=binary_mask_task)
     predictions = Path(args.output_dir) / args.split
     if not is_main:
         return MevisInference(predictions, None, None)

@@ -17,21 +17,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 from datasets.meta import frame_path, meta_expressions_path, ytvos_split_videos
-from opts import inference_parser, validate_args
+from opts import inference_parser
 from video_inference import (
     OutputGroup,
     VideoJob,
     binary_mask_task,
-    inference_checkpoint,
-    launch,
-    predict_videos,
     remove_partial_root,
-    setup_logging,
+    run_inference,
     write_submission_zip,
 )
 
@@ -83,15 +79,7 @@ def _jobs(args: argparse.Namespace) -> list[VideoJob]:
 def main(argv: Sequence[str] | None = None) -> Path:
     """Predict, then zip; returns the path of the submission zip."""
     args = get_parser().parse_args(argv)
-    validate_args(args)
-    checkpoint = inference_checkpoint(args)  # a missing checkpoint fails before any work
-    setup_logging(args.output_dir)
-    logger.info("checkpoint: %s", checkpoint)
-    jobs = ytvos_jobs(args.ytvos_path, args.split)  # reads the metadata once up front: errors before any work
-    logger.info("Ref-YouTube-VOS %s: %d videos, %d expressions", args.split, len(jobs), sum(len(j.groups) for j in jobs))
-    is_main, summary = launch(partial(predict_videos, jobs=_jobs, task=binary_mask_task), args)
-    if summary is not None:
-        logger.info("summary: %s", summary.describe())
+    is_main, jobs = run_inference(args, "Ref-YouTube-VOS", jobs=_jobs, task=binary_mask_task)
     zip_path = Path(args.output_dir) / f"submission-{args.split}.zip"
     if is_main:
         remove_partial_root(Path(args.output_dir) / args.split)

@@ -25,6 +25,7 @@ import shutil
 import time
 import zipfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 from datasets.meta import read_frame
 from models.postprocessors import binarize_mask_logits, merge_object_probs
+from opts import validate_args
 from models.predictor import ExpressionPrediction, VideoPredictor, frames_per_chunk, iter_upsampled_logits, load_predictor
 from util.checkpoint import find_latest_checkpoint
 from util.logger import setup_logging as logger_setup
@@ -431,6 +433,29 @@ def predict_videos(rank: int, world_size: int, args: argparse.Namespace, *,
         visual_root=output_dir / f"{args.split}_images" if args.visualize else None,
     )
     return runner.run(own_jobs, position=rank)
+
+
+def run_inference(args: argparse.Namespace, benchmark: str, *,
+                  jobs: Callable[[argparse.Namespace], Sequence[VideoJob]],
+                  task: Callable[[argparse.Namespace], InferenceTask]) -> tuple[bool, Sequence[VideoJob]]:
+    """What every inference script does before its own last step: check the arguments and find the
+    checkpoint (failing before any work), log to ``<output_dir>/inference.log``, read the jobs once
+    (metadata errors before any work), then :func:`predict_videos` in every process (:func:`launch`).
+
+    Returns:
+        ``(is_main, jobs(args))``: whether this process should finish the run (zip, evaluate), and the jobs.
+    """
+    validate_args(args)
+    checkpoint = inference_checkpoint(args)
+    setup_logging(args.output_dir)
+    logger.info("checkpoint: %s", checkpoint)
+    all_jobs = jobs(args)
+    logger.info("%s %s: %d videos, %d expressions", benchmark, args.split, len(all_jobs),
+                sum(len(job.captions) for job in all_jobs))
+    is_main, summary = launch(partial(predict_videos, jobs=jobs, task=task), args)
+    if summary is not None:
+        logger.info("summary: %s", summary.describe())
+    return is_main, all_jobs
 
 
 def binary_mask_task(args: argparse.Namespace) -> InferenceTask:

@@ -38,8 +38,8 @@ worker process and loads the same weights. The original needs its compiled CUDA 
 ``roberta-base`` download and older library versions; the worker replaces the op by the original's
 own pure-PyTorch ``ms_deform_attn_core_pytorch`` and the text encoder by a randomly initialised
 RoBERTa-base of this repository's config (its weights are then loaded from ours), and papers over
-the library changes listed in :func:`import_original`. It was written without access to a checkout:
-if the import fails, the table says so and the rest of the benchmark runs. ``--baseline PATH``
+the library changes listed in :func:`import_original` (the original's models also need ``fvcore`` on
+``PYTHONPATH``). If the import fails, the table says so and the rest of the benchmark runs. ``--baseline PATH``
 does the same with another checkout of this re-implementation (for example the commit before a
 change; its forward, modules and outputs are measured like ours).
 """
@@ -162,7 +162,7 @@ def build_this_model(torch: Any) -> Any:
 
 def import_original(root: Path) -> Any:
     """Import the original ReferFormer's ``models`` package from the checkout ``root``, with shims for
-    what no longer works there (untested: written without a checkout):
+    what no longer works there (run against the original's last commit, 06fc218):
 
     - its compiled ``MultiScaleDeformableAttention`` op → its own ``ms_deform_attn_core_pytorch``;
     - ``RobertaModel/RobertaTokenizerFast.from_pretrained("roberta-base")`` (a download) → a randomly

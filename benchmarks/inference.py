@@ -2,6 +2,8 @@
 
     python benchmarks/inference.py                       # N = 1, 4, 8 expressions, 5 frames 360x640, 2 threads
     python benchmarks/inference.py --long_video          # also: peak memory of a 100-frame 720p video
+    python benchmarks/inference.py --expressions --whole_video --long_frames 72 --short_side 180
+                                                         # a whole-video pass, without and with --frames_per_pass
 
 For each N a fresh process builds a ReferFormer with ResNet-50 and a RoBERTa-base-sized text
 encoder (random weights, seeded) and times, on the CPU, one "video" of ``--frames`` frames at the
@@ -24,6 +26,10 @@ the largest logit difference.
 ``--long_video`` writes a ``--long_frames``-frame video of ``--long_size`` JPEGs and runs the
 Ref-DAVIS17 path on it (36-frame clips, chunked upsampling and writing, one object): its peak,
 next to the same run on the first 36 frames only, shows that memory does not grow with length.
+
+``--whole_video`` runs the Ref-YouTube-VOS / MeViS path on the same kind of video (the whole video in
+one pass, one expression, frames resized to ``--short_side``): once whole and once with
+``--frames_per_pass``, next to a video of ``--frames_per_pass`` frames alone.
 """
 from __future__ import annotations
 
@@ -172,7 +178,8 @@ def worker_expressions(args: argparse.Namespace) -> dict:
 
 
 def worker_long_video(args: argparse.Namespace) -> dict:
-    """Run the Ref-DAVIS17 path (one object) on a generated long video; returns its peak memory growth."""
+    """Run the Ref-DAVIS17 path (one object; ``--clip_len 0``: the Ref-YouTube-VOS path, the whole video in one
+    pass, ``--frames_per_pass`` frames per forward) on a generated long video; returns its peak memory growth."""
     import numpy as np
     from PIL import Image
 
@@ -196,8 +203,13 @@ def worker_long_video(args: argparse.Namespace) -> dict:
             video="long", frame_paths=tuple(frames), output_names=tuple(f"{t:05d}" for t in range(len(frames))),
             captions=(CAPTIONS[0],), groups=(OutputGroup(folder="anno_0/long", expressions=(0,), visual_folder="x"),),
         )
-        task = InferenceTask(clip_len=args.clip_len, merge_objects=True, palette=davis_palette())
-        runner = VideoInferenceRunner(VideoPredictor(model), task, Path(tmp) / "out")
+        if args.clip_len:
+            task = InferenceTask(clip_len=args.clip_len, merge_objects=True, palette=davis_palette())
+        else:
+            task = InferenceTask(clip_len=None, merge_objects=False, threshold=0.5)
+        predictor = VideoPredictor(model, short_side=args.short_side,
+                                   frames_per_pass=0 if args.clip_len else args.frames_per_pass)
+        runner = VideoInferenceRunner(predictor, task, Path(tmp) / "out")
         warm_up = VideoJob(job.video, job.frame_paths[:2], job.output_names[:2], job.captions,
                            (OutputGroup(folder="warm_up", expressions=(0,), visual_folder="x"),))
         runner.run([warm_up], progress=False)  # first calls allocate and pick kernels
@@ -212,15 +224,17 @@ def spawn(args: argparse.Namespace, *extra: str) -> dict:
     command = [sys.executable, __file__, "--worker", *extra, "--threads", str(args.threads), "--tokenizer", str(args.tokenizer),
                "--frames", str(args.frames), "--height", str(args.height), "--width", str(args.width),
                "--orig_height", str(args.orig_height), "--orig_width", str(args.orig_width), "--repeat", str(args.repeat),
-               "--expressions_per_batch", str(args.expressions_per_batch), "--clip_len", str(args.clip_len),
-               "--long_size", *map(str, args.long_size)]
+               "--expressions_per_batch", str(args.expressions_per_batch), "--long_size", *map(str, args.long_size),
+               "--short_side", str(args.short_side)]
+    if "--clip_len" not in extra:
+        command += ["--clip_len", str(args.clip_len)]
     result = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--expressions", type=int, nargs="+", default=[1, 4, 8], help="values of N")
+    parser.add_argument("--expressions", type=int, nargs="*", default=[1, 4, 8], help="values of N (none: skip)")
     parser.add_argument("--frames", type=int, default=5)
     parser.add_argument("--height", type=int, default=360, help="model-input height (Resize(360) of the frames)")
     parser.add_argument("--width", type=int, default=640)
@@ -234,6 +248,10 @@ def main() -> None:
     parser.add_argument("--long_frames", type=int, default=100)
     parser.add_argument("--long_size", type=int, nargs=2, default=[720, 1280], metavar=("H", "W"))
     parser.add_argument("--clip_len", type=int, default=36, help="frames per clip of the long video (Ref-DAVIS17)")
+    parser.add_argument("--whole_video", action="store_true",
+                        help="also measure a long video in one pass, whole and with --frames_per_pass")
+    parser.add_argument("--frames_per_pass", type=int, default=12, help="slice length of --whole_video")
+    parser.add_argument("--short_side", type=int, default=360, help="frames are resized to this short side")
     parser.add_argument("--worker", choices=("expressions", "long"), help=argparse.SUPPRESS)
     parser.add_argument("--num_expressions", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -265,6 +283,12 @@ def main() -> None:
         for frames in (args.clip_len, args.long_frames):
             r = spawn(args, "long", "--long_frames", str(frames))
             print(f"  {r['frames']:>4} frames: {r['seconds']:.1f} s, peak memory growth {r['peak_mib']:.0f} MiB", flush=True)
+    if args.whole_video:
+        print(f"\nRef-YouTube-VOS / MeViS path, whole video in one pass, one expression, short side {args.short_side}:")
+        for frames, per_pass in ((args.frames_per_pass, 0), (args.long_frames, 0), (args.long_frames, args.frames_per_pass)):
+            r = spawn(args, "long", "--long_frames", str(frames), "--clip_len", "0", "--frames_per_pass", str(per_pass))
+            print(f"  {r['frames']:>4} frames, --frames_per_pass {per_pass:>3}: {r['seconds']:.1f} s, peak memory growth "
+                  f"{r['peak_mib']:.0f} MiB", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,15 @@
 Two settings, both exact up to float32 summation order (the parity tests' tolerances hold):
 
 - :func:`use_channels_last`: convolution weights in channels-last layout. oneDNN's convolutions
-  are faster on channels-last tensors (ResNet-50 at 5x360x640 on 2 cores: about 12 %), every
+  are faster on channels-last tensors (the backbone and FPN rows of ``benchmarks/cpu.py``), every
   feature map then stays channels-last, and the ``[B*T, C, H, W] → [T*H*W, B, C]`` rearrangements
   between the convolutions and the attention layers of the early fusion, the transformer and the
   cross-modal FPN become views instead of copies.
 - :class:`OneDNNLinear`: a context in which ``F.linear`` calls of the forward run on oneDNN
   (``mkldnn._linear_pointwise``) instead of MKL's ``sgemm``, without autograd. On an AVX-512 CPU
-  oneDNN's matrix-product kernels are faster for ReferFormer's shapes (the feed-forward layers of
-  the encoder and FPN, 24 100 and 72 000 tokens by 256 ↔ 2048: 10-25 % in float32, about 12 % in
-  bfloat16) and add the bias in the same pass instead of first copying it into the output.
+  oneDNN's matrix-product kernels were faster for ReferFormer's shapes (the feed-forward layers of
+  the encoder and FPN, 24 100 and 72 000 tokens by 256 ↔ 2048) when this was written, and add the
+  bias in the same pass instead of first copying it into the output.
 
 :func:`cpu_inference` enters both for a CPU model in eval mode; ``VideoPredictor`` (the demo and the
 inference scripts) uses it. Under bfloat16 autocast (``--amp``) :class:`OneDNNLinear` computes what

@@ -346,17 +346,7 @@ def ms_deform_attn_core_sparse(
     Same result as :func:`ms_deform_attn_core_pytorch` up to float rounding, forward and backward,
     including zero padding outside the maps (where a point sits within rounding of a pixel
     boundary, the two may floor it differently, and the location gradient, which is discontinuous
-    there, may differ). Not twice differentiable.
-
-    Args:
-        value: ``[N, S, M, D]`` values of all levels, flattened row-major and concatenated.
-        value_spatial_shapes: ``[L, 2]`` long ``(H_l, W_l)`` per level, or the same as a list of pairs
-            (saves a host synchronisation when the caller already has it).
-        sampling_locations: ``[N, Lq, M, L, P, 2]`` normalised ``(x, y)``.
-        attention_weights: ``[N, Lq, M, L, P]``.
-
-    Returns:
-        ``[N, Lq, M*D]`` (head-major channels), in the dtype of ``value``.
+    there, may differ). Not twice differentiable. Arguments and result as :func:`ms_deform_attn_core`.
     """
     shapes = value_spatial_shapes.tolist() if isinstance(value_spatial_shapes, Tensor) else value_spatial_shapes
     shapes = [(int(h), int(w)) for h, w in shapes]

@@ -4,8 +4,8 @@ On the CPU, PyTorch takes tensor memory from the C library's ``malloc``. glibc s
 larger than 32 MiB with its own ``mmap`` and gives it back to the system when the tensor is freed,
 so the next tensor of that size faults in fresh, zeroed pages again. A ReferFormer forward at
 360x640 allocates and frees gigabytes of such blocks (feed-forward activations, attention
-temporaries, the deformable-attention corner tables): measured on a 2-core CPU, about 1.8 million
-page faults and 3 s of kernel time per 5-frame clip, a quarter of the forward's wall time.
+temporaries, the deformable-attention corner tables), so every forward spends kernel time faulting
+in pages it had a moment before (the effect on the whole forward is in ``benchmarks/cpu.py --baseline``).
 :func:`reuse_freed_memory` makes glibc keep freed memory in the process for the next allocation.
 It changes no result, only where memory comes from; the resident size stays at its peak instead
 of shrinking between clips.
