@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ from util.memory import reuse_freed_memory
 from util.optim import build_optimizer
 from util.random_state import seed_everything
 from util.resume import TrainingProgress, restore_training_state, training_checkpoint
+from util.threads import limit_threads_to_cpu_budget
 
 logger = logging.getLogger("main")
 
@@ -170,6 +172,7 @@ def main(args: argparse.Namespace) -> dict[str, float] | None:
     device = resolve_device(args.device, dist_info)
     if device.type == "cpu":
         reuse_freed_memory()
+        limit_threads_to_cpu_budget(processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     seed_everything(args.seed + dist_info.rank)
 
     if args.eval:

@@ -41,6 +41,7 @@ from opts import validate_args
 from models.predictor import ExpressionPrediction, VideoPredictor, frames_per_chunk, iter_upsampled_logits, load_predictor
 from util.checkpoint import find_latest_checkpoint
 from util.logger import setup_logging as logger_setup
+from util.threads import cpu_budget, limit_threads_to_cpu_budget
 from util.visualize import draw_prediction, expression_color, overlay_labels, palette_image, save_gif
 
 logger = logging.getLogger(__name__)
@@ -392,7 +393,7 @@ def num_processes(args: argparse.Namespace) -> int:
         if available == 0:
             raise RuntimeError("--device cuda was requested but no CUDA device is visible; pass --device cpu")
     else:
-        available = os.cpu_count() or 1
+        available = cpu_budget()
     if args.ngpu > available:
         logger.warning("--ngpu %d but only %d %s available: using %d processes", args.ngpu, available,
                        "GPUs" if torch.device(args.device).type == "cuda" else "CPU cores", available)
@@ -405,8 +406,7 @@ def process_device(args: argparse.Namespace, local_rank: int, world_size: int) -
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
-    if world_size > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    limit_threads_to_cpu_budget(world_size)
     return device
 
 

@@ -262,15 +262,18 @@ def load_predictor(
     give them, and loaded strictly (:func:`models.pretrained.load_trained_model`): official ReferFormer
     checkpoints, ``main.py``'s and exported folders need no model flags. ``args.amp`` (``--amp``) runs it
     under autocast (:func:`util.amp.amp_settings`). On the CPU the process keeps freed memory for reuse
-    (:func:`util.memory.reuse_freed_memory`).
+    (:func:`util.memory.reuse_freed_memory`) and computes with no more threads than it has CPUs
+    (:func:`util.threads.limit_threads_to_cpu_budget`).
     """
     from models.pretrained import load_trained_model
     from util.amp import amp_settings
     from util.memory import reuse_freed_memory
+    from util.threads import limit_threads_to_cpu_budget
 
     device = torch.device(device)
     if device.type == "cpu":
         reuse_freed_memory()
+        limit_threads_to_cpu_budget()
     amp_dtype, _ = amp_settings(args.amp, device)
     model, _ = load_trained_model(args, checkpoint_path)
     return VideoPredictor(model, device=device, expressions_per_batch=expressions_per_batch, short_side=args.short_side,

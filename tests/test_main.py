@@ -22,7 +22,6 @@ import torch
 import main as main_module
 from opts import get_args_parser
 from tests.datasets.synthetic import write_dataset
-from tests.golden import TOKENIZER_DIR, load_case
 from util.checkpoint import load_checkpoint
 from util.dist import DistributedInfo
 
@@ -35,18 +34,6 @@ TINY_RUN = [
     "--mask_dim", "32", "--nheads", "4", "--num_frames", "2", "--max_size", "64", "--lr_backbone", "0",
     "--num_workers", "0", "--epochs", "2", "--lr_drop", "1", "--print_freq", "2", "--backbone_from_scratch",
 ]
-
-
-@pytest.fixture(scope="module")
-def text_encoder_dir(tmp_path_factory):
-    """A one-layer RoBERTa (hidden 768, as the resizer needs) and the golden tokenizer, saved with save_pretrained."""
-    from models.text_encoder import load_tokenizer, text_encoder_from_config
-
-    directory = tmp_path_factory.mktemp("text_encoder")
-    torch.manual_seed(0)
-    text_encoder_from_config(load_case("model_eval_r50.pt")["text_encoder_config"]).save_pretrained(directory)
-    load_tokenizer(str(TOKENIZER_DIR)).save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

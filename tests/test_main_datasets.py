@@ -17,7 +17,7 @@ from opts import get_args_parser
 from tests.datasets.synthetic import write_dataset
 from tests.datasets.synthetic_a2d import write_a2d, write_jhmdb
 from tests.datasets.synthetic_refexp import write_coco
-from tests.test_main import ROOT, text_encoder_dir  # noqa: F401  (fixture)
+from tests.test_main import ROOT
 from tools.data.prepare_a2d_jhmdb import prepare_a2d, prepare_jhmdb
 
 TINY_MODEL = [

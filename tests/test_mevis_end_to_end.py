@@ -11,7 +11,6 @@ import inference_mevis
 import main as main_module
 from opts import get_args_parser
 from tests.datasets.synthetic_mevis import write_mevis
-from tests.test_main import text_encoder_dir  # noqa: F401  (fixture)
 
 MODEL = [
     "--device", "cpu", "--backbone", "resnet18", "--backbone_from_scratch", "--with_box_refine", "--binary",
@@ -20,7 +19,7 @@ MODEL = [
 ]
 
 
-def test_train_predict_and_score(tmp_path, text_encoder_dir):  # noqa: F811
+def test_train_predict_and_score(tmp_path, text_encoder_dir):
     data = write_mevis(tmp_path / "mevis", splits=("train", "valid_u"))
     common = [*MODEL, "--text_encoder", str(text_encoder_dir), "--dataset_file", "mevis", "--mevis_path",
               str(data.root), "--output_dir", str(tmp_path / "out")]

@@ -30,6 +30,8 @@ from util.random_state import capture_rng_state, restore_rng_state
 
 logger = logging.getLogger(__name__)
 
+OPTIMIZER_IMPLEMENTATION_KEYS = ("fused", "foreach")
+
 
 @dataclass
 class TrainingProgress:
@@ -73,7 +75,8 @@ def restore_training_state(checkpoint: dict[str, Any], model: nn.Module, optimiz
     A checkpoint without optimizer/scheduler/epoch (a released model) only sets the weights.
     Learning rates follow the original's resume logic: the current options'
     initial lrs become the schedule's base lrs and the milestones come from the checkpoint; when
-    the initial lrs are unchanged, the checkpoint's lrs are kept bit for bit.
+    the initial lrs are unchanged, the checkpoint's lrs are kept bit for bit. How the optimizer
+    computes its update (fused AdamW or not) is this run's choice, not restored.
 
     Raises:
         ValueError: a mid-epoch checkpoint written with another world size or batch size (its
@@ -100,7 +103,10 @@ def restore_training_state(checkpoint: dict[str, Any], model: nn.Module, optimiz
         )
 
     initial_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    implementation = [{key: group.get(key) for key in OPTIMIZER_IMPLEMENTATION_KEYS} for group in optimizer.param_groups]
     optimizer.load_state_dict(checkpoint["optimizer"])
+    for group, chosen in zip(optimizer.param_groups, implementation):
+        group.update(chosen)  # how this run computes the update (e.g. fused AdamW) is not state to restore
     scheduler.load_state_dict(checkpoint["lr_scheduler"])
     saved_initial_lrs = [group.get("initial_lr") for group in optimizer.param_groups]
     for group, initial_lr in zip(optimizer.param_groups, initial_lrs):
