@@ -3,7 +3,8 @@
 The quick start's model and batches (``tools/quickstart.py``: ResNet-18 trained from scratch, a
 64-wide transformer, one query, 1-frame clips of 128x128 in batches of 6) on a small generated
 Ref-Shapes set. Each configuration runs in its own process and times ``--iterations`` iterations
-after a warm-up, split into the steps of ``engine.train_one_epoch`` (forward, losses, backward,
+after a warm-up, split into the steps of ``engine.train_one_epoch`` (loading the batch in the main process as the
+quick start does, forward, losses, backward,
 gradient clipping, optimizer step); the table gives medians in milliseconds and each total's ratio
 to the first row, measured in the same run.
 
@@ -37,7 +38,7 @@ import torch  # noqa: E402
 from util.amp import cpu_bfloat16_unsupported_reason  # noqa: E402
 from util.threads import cpu_budget  # noqa: E402
 
-PHASES = ("forward", "losses", "backward", "clipping", "optimizer")
+PHASES = ("data", "forward", "losses", "backward", "clipping", "optimizer")
 # (row name, fused AdamW, --amp, threads per CPU)
 CONFIGS = (
     ("per-parameter AdamW, fp32", False, False, 1),
@@ -92,8 +93,9 @@ def run_one(data: Path, fused: bool, amp: bool, iterations: int) -> dict:
     model.train()
     times = {phase: [] for phase in PHASES}
     for index in range(iterations + 3):
-        samples, targets = next(batches)
         clock = [time.perf_counter()]
+        samples, targets = next(batches)
+        clock.append(time.perf_counter())
         with autocast(device, amp_dtype):
             outputs = model(samples, [t["caption"] for t in targets], targets)
         clock.append(time.perf_counter())

@@ -41,7 +41,8 @@ the core op, chosen by name (``impl``; the module's ``core_impl``; ``--msda_impl
   shapes on 2 CPU cores it is about 2.7x faster than the reference forward, 1.3x forward and
   backward, and needs under half its memory (``benchmarks/msdeform_attn.py``).
 
-``"auto"`` (the default) picks per device, see :func:`select_core_impl`. All three compute in
+``"auto"`` (the default) picks per device (and on the CPU by the channels per head, for training),
+see :func:`select_core_impl`. All three compute in
 float32 (float64 when an input is float64) whatever the input dtypes, with autocast disabled, and
 return the dtype of ``value``. The original CUDA extension is not needed; nothing is compiled by hand.
 """
@@ -60,8 +61,12 @@ logger = logging.getLogger(__name__)
 
 # Number of bilinear corners per sampling point.
 NUM_CORNERS = 4
+# Corner rows gathered at a time by the corner-weight gradient (x D floats: 8 MiB at D = 32 in float32).
+GATHER_CHUNK_ROWS = 1 << 16
 # Names of the core implementations (``impl`` of ms_deform_attn_core, --msda_impl).
 CORE_IMPLS = ("auto", "triton", "pytorch", "reference")
+# On the CPU, "auto" runs a backward with at most this many channels per head by "reference" (select_core_impl).
+CPU_REFERENCE_MAX_CHANNELS = 8
 # Input dtypes the Triton kernel reads (fp16/bf16 are upcast to float32 inside it).
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Oldest CUDA compute capabilities Triton compiles for, and that convert bfloat16 natively.
@@ -252,6 +257,24 @@ def _table_gradient(
     return grad_table
 
 
+def _corner_weight_gradient(table: Tensor, index: Tensor, grad_bags: Tensor) -> Tensor:
+    """``<grad_bags[bag], table[index[bag, k]]>`` for every corner ``[N*Lq*M, 4*L*P]``: the gradient of the
+    corner weights, by chunks of bags (the gathered rows of a chunk, multiplied and summed).
+
+    What ``embedding_bag``'s per-sample-weight backward computes, but multi-threaded (that one runs
+    on one thread); the gathered rows of :data:`GATHER_CHUNK_ROWS` corners at a time bound the memory.
+    """
+    num_bags, corners_per_bag = index.shape
+    d = table.shape[1]
+    grad_weight = table.new_empty(num_bags, corners_per_bag)
+    chunk = max(1, GATHER_CHUNK_ROWS // corners_per_bag)
+    for start in range(0, num_bags, chunk):
+        stop = min(start + chunk, num_bags)
+        rows = table.index_select(0, index[start:stop].reshape(-1)).view(stop - start, corners_per_bag, d)
+        torch.sum(rows.mul_(grad_bags[start:stop].unsqueeze(1)), dim=-1, out=grad_weight[start:stop])
+    return grad_weight
+
+
 class _SparseBilinearAttention(torch.autograd.Function):
     """``out[bag] = sum_k weight[bag, k] * value_table[index[bag, k]]`` with a hand-written backward.
 
@@ -264,9 +287,8 @@ class _SparseBilinearAttention(torch.autograd.Function):
       target row (a corner lies in its anchor's level, a fixed row shift away), so ``embedding_bag``
       over ``grad_output`` rows, with bag offsets from ``bincount``, sums each row's contributions
       without atomics or ``[corners, D]`` temporaries.
-    - corner weights: ``<grad_output[bag], value[row]>`` from ``embedding_bag``'s own
-      per-sample-weight gradient (recomputing the forward for it; border rows are zero, so their
-      corners get zero); then the chain rule through the bilinear weights to locations and attention
+    - corner weights: ``<grad_output[bag], value[row]>`` (:func:`_corner_weight_gradient`; border
+      rows are zero, so their corners get zero); then the chain rule through the bilinear weights to locations and attention
       weights, in closed form.
     """
 
@@ -308,10 +330,7 @@ class _SparseBilinearAttention(torch.autograd.Function):
             del grad_table  # before the location and attention gradients allocate theirs
 
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            with torch.enable_grad():
-                corner_weight = weight.detach().requires_grad_()
-                resampled = F.embedding_bag(index, table, mode="sum", per_sample_weights=corner_weight)
-                (grad_weight,) = torch.autograd.grad(resampled, corner_weight, grad_bags)
+            grad_weight = _corner_weight_gradient(table, index, grad_bags)
             g00, g01, g10, g11 = grad_weight.view(num_bags, NUM_CORNERS, points_per_bag).unbind(1)
             fx = fx.view(num_bags, points_per_bag)
             fy = fy.view(num_bags, points_per_bag)
@@ -402,8 +421,12 @@ def _log_fallback(reason: str) -> None:
     logger.warning("deformable attention: not using the Triton core (%s); using the grid_sample core", reason)
 
 
-def select_core_impl(impl: str, device: torch.device, dtypes: tuple[torch.dtype, ...]) -> str:
-    """The implementation :func:`ms_deform_attn_core` runs for ``impl`` on ``device`` and inputs of ``dtypes``.
+def select_core_impl(
+    impl: str, device: torch.device, dtypes: tuple[torch.dtype, ...], *, channels_per_head: int | None = None,
+    backward: bool = False,
+) -> str:
+    """The implementation :func:`ms_deform_attn_core` runs for ``impl`` on ``device`` and inputs of ``dtypes``
+    (``channels_per_head``: ``D``; ``backward``: whether a gradient will be taken).
 
     ``"pytorch"`` and ``"reference"`` always run as asked. ``"triton"`` raises ``RuntimeError``
     saying why when the kernel cannot run here. ``"auto"``:
@@ -414,14 +437,21 @@ def select_core_impl(impl: str, device: torch.device, dtypes: tuple[torch.dtype,
       forward + backward 62.6 ms with the embedding_bag core vs 6.5 ms with grid_sample (forward
       alone 2.68 vs 2.23 ms).
     - any other device: ``"pytorch"``, the fastest on the CPU (the Triton kernel is never chosen
-      there, even under the interpreter).
+      there, even under the interpreter), except for a backward with at most
+      :data:`CPU_REFERENCE_MAX_CHANNELS` channels per head: ``"reference"``. With so few channels
+      grid_sample's backward costs little per point while the embedding_bag core's costs the same as
+      with more. Measured forward + backward, 2 CPU threads, reference / pytorch time (below 1:
+      reference faster): D = 8: 0.77 with 6 one-frame 128x128 samples (the quick start's encoder,
+      ResNet-18, hidden 64), 0.58 at 5 frames of 360x640; D = 16: 0.96 and 1.41; D = 32
+      (ReferFormer): 1.35 and 2.1. Forward alone the embedding_bag core is faster at D = 8 too.
     """
     if impl not in CORE_IMPLS:
         raise ValueError(f"deformable attention impl must be one of {CORE_IMPLS}, got {impl!r}")
     if impl in ("pytorch", "reference"):
         return impl
     if impl == "auto" and device.type != "cuda":
-        return "pytorch"
+        few_channels = channels_per_head is not None and channels_per_head <= CPU_REFERENCE_MAX_CHANNELS
+        return "reference" if backward and few_channels else "pytorch"
     reason = triton_unavailable_reason(device, dtypes)
     if impl == "triton":
         if reason is not None:
@@ -459,7 +489,8 @@ def ms_deform_attn_core(
         ``[N, Lq, M*D]`` (head-major channels), in the dtype of ``value``.
     """
     dtypes = (value.dtype, sampling_locations.dtype, attention_weights.dtype)
-    chosen = select_core_impl(impl, value.device, dtypes)
+    backward = torch.is_grad_enabled() and any(t.requires_grad for t in (value, sampling_locations, attention_weights))
+    chosen = select_core_impl(impl, value.device, dtypes, channels_per_head=value.shape[-1], backward=backward)
     if chosen == "triton":
         from models.ms_deform_attn_triton import ms_deform_attn_core_triton
 

@@ -106,6 +106,32 @@ def test_auto_picks_pytorch_on_cpu(fake_gpu, monkeypatch: pytest.MonkeyPatch) ->
     assert select_core_impl("auto", torch.device("meta"), FLOAT32) == "pytorch"
 
 
+def test_auto_on_cpu_trains_few_channels_per_head_with_grid_sample(fake_gpu, monkeypatch: pytest.MonkeyPatch) -> None:
+    few, many = ms_deform_attn.CPU_REFERENCE_MAX_CHANNELS, 2 * ms_deform_attn.CPU_REFERENCE_MAX_CHANNELS
+    assert select_core_impl("auto", CPU, FLOAT32, channels_per_head=few, backward=True) == "reference"
+    assert select_core_impl("auto", CPU, FLOAT32, channels_per_head=few, backward=False) == "pytorch"
+    assert select_core_impl("auto", CPU, FLOAT32, channels_per_head=many, backward=True) == "pytorch"
+    assert select_core_impl("auto", CUDA, FLOAT32, channels_per_head=few, backward=True) == "triton"
+    assert select_core_impl("pytorch", CPU, FLOAT32, channels_per_head=few, backward=True) == "pytorch"
+
+    # ms_deform_attn_core asks with the value's channels and whether autograd records the call.
+    ran = []
+    for name in ("ms_deform_attn_core_sparse", "ms_deform_attn_core_pytorch"):
+        monkeypatch.setattr(ms_deform_attn, name, lambda *args, _name=name: ran.append(_name))
+    shapes = [(2, 3)]
+
+    def call(channels: int, requires_grad: bool) -> str:
+        value = torch.zeros(1, 6, 2, channels, requires_grad=requires_grad)
+        ms_deform_attn_core(value, shapes, torch.zeros(1, 4, 2, 1, 1, 2), torch.zeros(1, 4, 2, 1, 1))
+        return ran.pop()
+
+    assert call(few, requires_grad=True) == "ms_deform_attn_core_pytorch"
+    assert call(few, requires_grad=False) == "ms_deform_attn_core_sparse"
+    assert call(many, requires_grad=True) == "ms_deform_attn_core_sparse"
+    with torch.no_grad():
+        assert call(few, requires_grad=True) == "ms_deform_attn_core_sparse"
+
+
 @pytest.mark.parametrize(
     ("import_error", "capability", "dtypes", "reason"),
     [

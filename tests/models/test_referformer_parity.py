@@ -73,8 +73,11 @@ def test_eval_intermediates_match_original(eval_case, eval_result):
 # Train case (model.train(), every dropout 0). Measured on this machine, 1 thread: losses within
 # 1.8e-7 absolute (total bit-identical); gradients within 9.1e-6 of their tensor's max magnitude
 # (worst: pixel_decoder.cross_attn_1 in_proj, itself ~2e-8), grad norms within 9.6e-6 relative.
+# On a CPU with AMX (other oneDNN kernels) one gradient is off by 4.3e-8 absolute, 1.4e-4 of its
+# tensor's max magnitude (pixel_decoder.adapter_1.weight, max 3.0e-4): hence also the README's
+# suggested absolute 1e-7.
 LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-6
-GRAD_REL_TOL = 1e-4
+GRAD_REL_TOL, GRAD_ATOL = 1e-4, 1e-7
 GRAD_NORM_RTOL = 1e-4
 # Gradients whose magnitude is pure rounding noise (README: decoder layer 0 self-attention
 # in_proj rows 0..77, max |g| ≈ 6e-10, float32 vs float64 differ by 100%): absolute check only.
@@ -117,7 +120,7 @@ def test_train_gradients_match_original(train_case, train_result):
         if grad.abs().max() < NOISE_GRAD_SCALE:
             assert (train_result["grads"][name] - grad).abs().max() <= NOISE_GRAD_SCALE, name
         else:
-            assert_close_to_scale(train_result["grads"][name], grad, GRAD_REL_TOL, name)
+            assert_close_to_scale(train_result["grads"][name], grad, GRAD_REL_TOL, name, atol=GRAD_ATOL)
     assert sorted(train_result["grad_norms"]) == sorted(expected["grad_norms"])
     for name, norm in expected["grad_norms"].items():
         assert train_result["grad_norms"][name] == pytest.approx(norm, rel=GRAD_NORM_RTOL, abs=NOISE_GRAD_SCALE), name
