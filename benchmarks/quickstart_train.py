@@ -2,26 +2,31 @@
 
 The quick start's model and batches (``tools/quickstart.py``: ResNet-18 trained from scratch, a
 64-wide transformer, one query, 1-frame clips of 128x128 in batches of 6) on a small generated
-Ref-Shapes set. Each configuration runs in its own process and times ``--iterations`` iterations
-after a warm-up, split into the steps of ``engine.train_one_epoch`` (loading the batch in the main process as the
-quick start does, forward, losses, backward,
-gradient clipping, optimizer step); the table gives medians in milliseconds and each total's ratio
+Ref-Shapes set. Each configuration runs in its own process; the processes take turns, one at a
+time, for ``--rounds`` rounds (so that a machine whose speed drifts slows every row alike), timing
+``--iterations`` iterations in all after a warm-up, split into the steps of
+``engine.train_one_epoch`` (loading the batch in the main process as the quick start does, forward,
+losses, backward, gradient clipping, optimizer step); the table gives medians in milliseconds and each total's ratio
 to the first row, measured in the same run.
 
 Rows:
 
-* ``per-parameter AdamW, fp32``: the optimizer as the original runs it on the CPU (a loop of about
-  ten operations per parameter tensor): the baseline;
-* ``fused AdamW, fp32``: what ``util/optim.py`` builds now;
-* ``fused AdamW, --amp``: bfloat16 autocast (n/a on CPUs without native bfloat16);
-* ``fused AdamW, fp32, 4x threads``: four times as many compute threads as the process has CPUs,
-  what a CPU quota that PyTorch does not see causes (``util/threads.py`` prevents it).
+* ``before``: the optimizer as the original runs it on the CPU (a loop of about ten operations per
+  parameter tensor) and the embedding_bag deformable-attention core (``--msda_impl pytorch``): the
+  baseline;
+* ``fused AdamW``: the update of ``util/optim.py`` (one pass over all parameters);
+* ``fused AdamW, auto core``: also the core ``--msda_impl auto`` picks (grid_sample, for training
+  with 8 channels per head; ``models/ms_deform_attn.py:select_core_impl``): what ``main.py`` runs;
+* ``... --amp``: bfloat16 autocast (n/a on CPUs without native bfloat16);
+* ``... 4x threads``: four times as many compute threads as the process has CPUs, what a CPU quota
+  that PyTorch does not see causes (``util/threads.py`` prevents it).
 
     python benchmarks/quickstart_train.py --iterations 40
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -39,12 +44,13 @@ from util.amp import cpu_bfloat16_unsupported_reason  # noqa: E402
 from util.threads import cpu_budget  # noqa: E402
 
 PHASES = ("data", "forward", "losses", "backward", "clipping", "optimizer")
-# (row name, fused AdamW, --amp, threads per CPU)
+# (row name, fused AdamW, --msda_impl, --amp, threads per CPU)
 CONFIGS = (
-    ("per-parameter AdamW, fp32", False, False, 1),
-    ("fused AdamW, fp32", True, False, 1),
-    ("fused AdamW, --amp", True, True, 1),
-    ("fused AdamW, fp32, 4x threads", True, False, 4),
+    ("before: per-parameter AdamW, embedding_bag core", False, "pytorch", False, 1),
+    ("fused AdamW, embedding_bag core", True, "pytorch", False, 1),
+    ("fused AdamW, auto core", True, "auto", False, 1),
+    ("fused AdamW, auto core, --amp", True, "auto", True, 1),
+    ("fused AdamW, auto core, 4x threads", True, "auto", False, 4),
 )
 DATA_FLAGS = ("--seed", "0", "--num_train_videos", "12", "--num_valid_videos", "1", "--frames", "10",
               "--height", "128", "--width", "128", "--expressions_per_object", "2")
@@ -60,8 +66,9 @@ def make_data(directory: Path) -> Path:
     return data
 
 
-def run_one(data: Path, fused: bool, amp: bool, iterations: int) -> dict:
-    """Median milliseconds per phase over ``iterations`` iterations after 3 warm-up iterations."""
+def serve(data: Path, fused: bool, msda_impl: str, amp: bool) -> None:
+    """Child process: build the quick start's model, optimizer and loader, then for every line ``K`` read
+    from stdin run K iterations and print their per-phase milliseconds as one JSON line (``{phase: [ms]}``)."""
     from datasets import build_dataset
     from datasets.loader import build_train_loader, set_loader_epoch
     from engine import _to_float32, gradient_norm
@@ -75,8 +82,8 @@ def run_one(data: Path, fused: bool, amp: bool, iterations: int) -> dict:
 
     reuse_freed_memory()  # as main.py does
     flags = [*QUICKSTART.model, *QUICKSTART.train, "--text_encoder", str(data / "text_encoder"),
-             "--ytvos_path", str(data), "--output_dir", str(data / "unused")] + (["--amp"] if amp else [])
-    args = get_args_parser().parse_args(flags)
+             "--ytvos_path", str(data), "--output_dir", str(data / "unused"), "--msda_impl", msda_impl]
+    args = get_args_parser().parse_args(flags + (["--amp"] if amp else []))
     seed_everything(args.seed)
     model, criterion, _ = build_model(args)
     optimizer, _ = build_optimizer(model, args)
@@ -87,69 +94,91 @@ def run_one(data: Path, fused: bool, amp: bool, iterations: int) -> dict:
     amp_dtype, _ = amp_settings(args.amp, device)
     loader = build_train_loader(build_dataset(args.dataset_file, "train", args), batch_size=args.batch_size,
                                 num_workers=0, seed=args.seed)
-    set_loader_epoch(loader, 0)
-    batches = iter(loader)
     weights = criterion.weight_dict
     model.train()
-    times = {phase: [] for phase in PHASES}
-    for index in range(iterations + 3):
-        clock = [time.perf_counter()]
-        samples, targets = next(batches)
-        clock.append(time.perf_counter())
-        with autocast(device, amp_dtype):
-            outputs = model(samples, [t["caption"] for t in targets], targets)
-        clock.append(time.perf_counter())
-        losses = criterion(_to_float32(outputs), targets)
-        loss = sum(losses[k] * weights[k] for k in losses if k in weights)
-        clock.append(time.perf_counter())
-        loss.backward()
-        clock.append(time.perf_counter())
-        gradient_norm(model.parameters(), args.clip_max_norm)
-        clock.append(time.perf_counter())
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        clock.append(time.perf_counter())
-        if index >= 3:
-            for phase, start, end in zip(PHASES, clock, clock[1:]):
-                times[phase].append(1000 * (end - start))
-    result = {phase: statistics.median(values) for phase, values in times.items()}
-    result["total"] = statistics.median([sum(parts) for parts in zip(*times.values())])
-    return result
+
+    def batches():
+        for epoch in itertools.count():
+            set_loader_epoch(loader, epoch)
+            yield from loader
+
+    stream = batches()
+    for line in sys.stdin:
+        times = {phase: [] for phase in PHASES}
+        for _ in range(int(line)):
+            clock = [time.perf_counter()]
+            samples, targets = next(stream)
+            clock.append(time.perf_counter())
+            with autocast(device, amp_dtype):
+                outputs = model(samples, [t["caption"] for t in targets], targets)
+            clock.append(time.perf_counter())
+            losses = criterion(_to_float32(outputs), targets)
+            loss = sum(losses[k] * weights[k] for k in losses if k in weights)
+            clock.append(time.perf_counter())
+            loss.backward()
+            clock.append(time.perf_counter())
+            gradient_norm(model.parameters(), args.clip_max_norm)
+            clock.append(time.perf_counter())
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            clock.append(time.perf_counter())
+            for phase, begin, end in zip(PHASES, clock, clock[1:]):
+                times[phase].append(1000 * (end - begin))
+        print(json.dumps(times), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="the CPU quick start's training iteration, per step and setting")
     parser.add_argument("--iterations", type=int, default=40, help="timed iterations per configuration (medians)")
-    parser.add_argument("--only", type=int, default=None, help=argparse.SUPPRESS)  # child process: one row
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="the iterations are split into this many rounds, the configurations taking turns")
+    parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)  # child process: one row
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     cpus = cpu_budget()
-    if args.only is not None:
-        _, fused, amp, threads_per_cpu = CONFIGS[args.only]
+    if args.serve is not None:
+        _, fused, msda_impl, amp, threads_per_cpu = CONFIGS[args.serve]
         torch.set_num_threads(cpus * threads_per_cpu)
-        print(json.dumps(run_one(Path(args.data), fused, amp, args.iterations)))
+        serve(Path(args.data), fused, msda_impl, amp)
         return
 
-    print(f"quick start training iteration (batch of 6 one-frame 128x128 clips), {cpus} CPU(s), "
-          f"median of {args.iterations} iterations, milliseconds")
+    print(f"quick start training iteration (batch of 6 one-frame 128x128 clips), {cpus} CPU(s), median of "
+          f"{args.iterations} iterations in {args.rounds} interleaved rounds, milliseconds")
     header = ("configuration", "threads", *PHASES, "total", "ratio")
-    rows, baseline = [], None
+    rows, children = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         data = make_data(Path(scratch))
-        for index, (name, _, amp, threads_per_cpu) in enumerate(CONFIGS):
+        for index, (_, _, _, amp, _) in enumerate(CONFIGS):
             if amp and cpu_bfloat16_unsupported_reason() is not None:
-                rows.append((name, "", *[""] * len(PHASES), f"n/a: {cpu_bfloat16_unsupported_reason()}", ""))
                 continue
-            command = [sys.executable, __file__, "--only", str(index), "--data", str(data),
-                       "--iterations", str(args.iterations)]
-            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-            if done.returncode != 0:
-                rows.append((name, "", *[""] * len(PHASES), "failed: " + done.stderr.strip().splitlines()[-1], ""))
-                continue
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            baseline = baseline or result["total"]
-            rows.append((name, str(cpus * threads_per_cpu), *(f"{result[p]:.1f}" for p in PHASES),
-                         f"{result['total']:.1f}", f"{result['total'] / baseline:.2f}x"))
+            command = [sys.executable, __file__, "--serve", str(index), "--data", str(data)]
+            children[index] = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                               stderr=subprocess.DEVNULL, text=True)
+        times = {index: {phase: [] for phase in PHASES} for index in children}
+        per_round = max(1, args.iterations // args.rounds)
+        for round_index in range(args.rounds + 1):  # round 0: warm-up, not timed
+            for index, child in children.items():
+                child.stdin.write(f"{3 if round_index == 0 else per_round}\n")
+                child.stdin.flush()
+                reply = child.stdout.readline()
+                if not reply:
+                    raise RuntimeError(f"configuration {CONFIGS[index][0]!r} failed (run it alone with --serve {index})")
+                if round_index > 0:
+                    for phase, values in json.loads(reply).items():
+                        times[index][phase] += values
+        for child in children.values():
+            child.stdin.close()
+            child.wait()
+    baseline = None
+    for index, (name, _, _, _, threads_per_cpu) in enumerate(CONFIGS):
+        if index not in children:
+            rows.append((name, "", *[""] * len(PHASES), f"n/a: {cpu_bfloat16_unsupported_reason()}", ""))
+            continue
+        phases = times[index]
+        total = statistics.median([sum(parts) for parts in zip(*phases.values())])
+        baseline = baseline or total
+        rows.append((name, str(cpus * threads_per_cpu), *(f"{statistics.median(phases[p]):.1f}" for p in PHASES),
+                     f"{total:.1f}", f"{total / baseline:.2f}x"))
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print(" | ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
