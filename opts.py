@@ -197,7 +197,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                   "(pure PyTorch, embedding_bag; fastest on the CPU), reference (pure PyTorch, "
                                   "grid_sample). auto: triton on CUDA when Triton is importable and supports the "
                                   "GPU and dtypes, else reference on CUDA (pytorch's backward is slow there); "
-                                  "pytorch on the CPU")
+                                  "pytorch on the CPU (reference there for training with at most 8 channels per head, "
+                                  "where it is faster)")
     transformer.add_argument("--pre_norm", action="store_true", help=NO_EFFECT_HELP)
     transformer.add_argument("--freeze_text_encoder", action="store_true",
                              help="do not train the text encoder (its dropout stays active in training)")

@@ -27,7 +27,8 @@ the core op, chosen by name (``impl``; the module's ``core_impl``; ``--msda_impl
 - ``"triton"``, :func:`models.ms_deform_attn_triton.ms_deform_attn_core_triton`: a Triton kernel,
   forward and backward, organised as the original's compiled CUDA op (JIT-compiled at first use,
   nothing to build); CUDA only (or Triton's CPU interpreter, for tests).
-- ``"pytorch"``, :func:`ms_deform_attn_core_sparse`, the default on the CPU: the whole op as one
+- ``"pytorch"``, :func:`ms_deform_attn_core_sparse`, the default on the CPU (except for training
+  with few channels per head): the whole op as one
   sparse weighted sum of value rows. The value gets a one-pixel border of zeros around every level
   (one copy) and is viewed as a table ``[N*Spad*M, D]`` (no transpose); for every query and head the
   ``4*L*P`` bilinear corners are row indices into it (a corner off the map reads the zero border,

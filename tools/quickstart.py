@@ -1,6 +1,6 @@
 """The CPU quick start: the whole system, end to end, on a synthetic dataset (what ``make quickstart`` runs).
 
-    python tools/quickstart.py            # about 20 minutes on 2 CPU cores; prints J&F (about 60) last
+    python tools/quickstart.py            # 20 to 30 minutes on 2 CPU cores; prints J&F (55 to 60) last
     python tools/quickstart.py --smoke    # a tiny run of every step (about a minute): checks the pipeline
 
 The full run uses ``data/ref-shapes`` and ``output/quickstart``, the smoke run ``data/ref-shapes-smoke``
@@ -46,7 +46,10 @@ on one thread, two at a time; about ±3 between runs):
   own anyway): 52.6; both: 56.8. With 250 training videos on two idle threads: 59.8 with 4 decoder
   layers, 61.1 with 6 (the recipe; the decoder costs little with one query).
 * no help: lr 4e-4 (49.3 with 1-frame clips), lr 5e-4 or 2 epochs of 2-frame clips at 96 px
-  (earlier recipe: 40.1, 38.5), training the text encoder too (31, 5 queries).
+  (earlier recipe: 40.1, 38.5), training the text encoder too (31, 5 queries), a cosine decay of
+  the learning rate over the epoch instead of the constant one (58.7 against 60.7 after the epoch,
+  45.5 against 49.6 after 800 iterations, both under ``--amp``), ``--amp`` itself (60.7, the same
+  score, but no faster on an AMX CPU: ``benchmarks/quickstart_train.py``).
 """
 from __future__ import annotations
 
