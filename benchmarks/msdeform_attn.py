@@ -1,7 +1,8 @@
 """Benchmark the MSDeformAttn core op's implementations: triton, pytorch (embedding_bag), reference (grid_sample).
 
-Shapes are ReferFormer's at its real input size: 5 frames of 360×640, levels at strides 8/16/32/64,
-256 channels, 8 heads, 4 levels, 4 points. Two scenarios:
+Shapes are by default ReferFormer's at its real input size: 5 frames of 360×640, levels at strides
+8/16/32/64, 256 channels, 8 heads, 4 levels, 4 points (``--frames``, ``--size``, ``--d_model`` change
+them: ``--frames 6 --size 128 128 --d_model 64`` is the quick start's batch). Two scenarios:
 
 - encoder self-attention: every pixel of the 4 levels is a query, 2-D reference points;
 - decoder cross-attention: 5 object queries per frame, 4-D reference boxes.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
 import statistics
 import sys
 import time
@@ -41,10 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.ms_deform_attn import MSDeformAttn, ms_deform_attn_core, select_core_impl  # noqa: E402
 from util.memory import reuse_freed_memory  # noqa: E402
 
-FRAMES = 5
-IMAGE_SIZE = (360, 640)
 STRIDES = (8, 16, 32, 64)
-D_MODEL, N_HEADS, N_POINTS = 256, 8, 4
+N_HEADS, N_POINTS = 8, 4
 NUM_QUERIES = 5
 # Std of the random projection weights: offsets vary by about ±0.2 px around the initial rays.
 PROJECTION_STD = 0.01
@@ -55,40 +55,51 @@ IMPLS = ("triton", "pytorch", "reference")
 BASELINE = "pytorch"
 
 
-def level_shapes() -> list[tuple[int, int]]:
-    """Feature sizes of the backbone levels: ceil(size / stride) → (45,80), (23,40), (12,20), (6,10)."""
-    return [(math.ceil(IMAGE_SIZE[0] / s), math.ceil(IMAGE_SIZE[1] / s)) for s in STRIDES]
+@dataclass(frozen=True)
+class Geometry:
+    """The clip and model width the core runs at (default: ReferFormer's at 360×640)."""
+
+    frames: int = 5
+    image_size: tuple[int, int] = (360, 640)
+    d_model: int = 256
+
+    def level_shapes(self) -> list[tuple[int, int]]:
+        """Feature sizes of the backbone levels: ceil(size / stride); (45,80), (23,40), (12,20), (6,10) at 360×640."""
+        return [(math.ceil(self.image_size[0] / s), math.ceil(self.image_size[1] / s)) for s in STRIDES]
 
 
-def make_inputs(scenario: str, device: torch.device, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def make_inputs(
+    scenario: str, device: torch.device, seed: int = 0, geometry: Geometry = Geometry()
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Core-op inputs: value ``[N, S, M, D]``, shapes ``[L, 2]``, locations, weights, output gradient."""
     generator = torch.Generator().manual_seed(seed)
-    shapes = level_shapes()
+    frames, d_model = geometry.frames, geometry.d_model
+    shapes = geometry.level_shapes()
     spatial_shapes = torch.tensor(shapes)
     level_start_index = torch.tensor([0, *[h * w for h, w in shapes[:-1]]]).cumsum(0)
     s = sum(h * w for h, w in shapes)
-    module = MSDeformAttn(D_MODEL, len(shapes), N_HEADS, N_POINTS)
+    module = MSDeformAttn(d_model, len(shapes), N_HEADS, N_POINTS)
     with torch.no_grad():
         module.sampling_offsets.weight.normal_(0, PROJECTION_STD, generator=generator)
         module.attention_weights.weight.normal_(0, PROJECTION_STD, generator=generator)
-    input_flatten = torch.randn(FRAMES, s, D_MODEL, generator=generator)
+    input_flatten = torch.randn(frames, s, d_model, generator=generator)
     if scenario == "encoder":
         centres = [
             torch.stack(torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")[::-1], -1)
             for h, w in shapes
         ]  # per level [H, W, 2] as (x, y)
         reference = torch.cat([c.view(-1, 2) for c in centres])  # [S, 2]
-        reference = reference.view(1, s, 1, 2).expand(FRAMES, s, len(shapes), 2)
-        query = input_flatten + torch.randn(FRAMES, s, D_MODEL, generator=generator)
+        reference = reference.view(1, s, 1, 2).expand(frames, s, len(shapes), 2)
+        query = input_flatten + torch.randn(frames, s, d_model, generator=generator)
     else:
-        centre = 0.2 + 0.6 * torch.rand(FRAMES, NUM_QUERIES, 1, 2, generator=generator)
-        size = 0.1 + 0.4 * torch.rand(FRAMES, NUM_QUERIES, 1, 2, generator=generator)
-        reference = torch.cat([centre, size], -1).expand(FRAMES, NUM_QUERIES, len(shapes), 4)
-        query = torch.randn(FRAMES, NUM_QUERIES, D_MODEL, generator=generator)
+        centre = 0.2 + 0.6 * torch.rand(frames, NUM_QUERIES, 1, 2, generator=generator)
+        size = 0.1 + 0.4 * torch.rand(frames, NUM_QUERIES, 1, 2, generator=generator)
+        reference = torch.cat([centre, size], -1).expand(frames, NUM_QUERIES, len(shapes), 4)
+        query = torch.randn(frames, NUM_QUERIES, d_model, generator=generator)
     with torch.no_grad():
         _, locations, weights = module(query, reference, input_flatten, spatial_shapes, level_start_index)
-        value = module.value_proj(input_flatten).view(FRAMES, s, N_HEADS, D_MODEL // N_HEADS)
-    grad_output = torch.randn(FRAMES, query.shape[1], D_MODEL, generator=generator)
+        value = module.value_proj(input_flatten).view(frames, s, N_HEADS, d_model // N_HEADS)
+    grad_output = torch.randn(frames, query.shape[1], d_model, generator=generator)
     return tuple(t.to(device) for t in (value, spatial_shapes, locations, weights, grad_output))
 
 
@@ -153,14 +164,15 @@ def runnable_impls(device: torch.device, dtype: torch.dtype = torch.float32) -> 
 
 
 def measure_core(
-    scenario: str, impls: list[str], device: torch.device, repeat: int, value_dtype: torch.dtype = torch.float32
+    scenario: str, impls: list[str], device: torch.device, repeat: int, value_dtype: torch.dtype = torch.float32,
+    geometry: Geometry = Geometry(),
 ) -> dict[str, dict[str, float]]:
     """Times and memory of each implementation at ``scenario``'s shapes (value and output gradient in
     ``value_dtype``; locations and weights float32, as under autocast).
 
     Returns ``{impl: {"forward_ms", "forward_backward_ms", "peak_mib" (of forward+backward)}}``.
     """
-    value, shapes, locations, weights, grad = make_inputs(scenario, device)
+    value, shapes, locations, weights, grad = make_inputs(scenario, device, geometry=geometry)
     value, grad = value.to(value_dtype), grad.to(value_dtype)
     shape_list = shapes.tolist()  # as the module passes them: no host synchronisation per call
     ops = {impl: partial(ms_deform_attn_core, impl=impl) for impl in impls}
@@ -192,7 +204,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=None,
                         help="implementations to time (default: every one that can run on --device)")
+    parser.add_argument("--frames", type=int, default=Geometry.frames, help="frames of the clip (the batch N)")
+    parser.add_argument("--size", type=int, nargs=2, default=Geometry.image_size, metavar=("HEIGHT", "WIDTH"),
+                        help="image size; the levels are at strides 8, 16, 32, 64")
+    parser.add_argument("--d_model", type=int, default=Geometry.d_model,
+                        help=f"channels ({N_HEADS} heads: d_model / {N_HEADS} channels per head)")
     args = parser.parse_args()
+    geometry = Geometry(args.frames, tuple(args.size), args.d_model)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     reuse_freed_memory()  # as the entry points do on the CPU
@@ -200,8 +218,8 @@ def main() -> None:
     impls = args.impls or runnable_impls(device)
 
     print(
-        f"MSDeformAttn core, {FRAMES} frames of {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, levels {level_shapes()}, "
-        f"{D_MODEL} channels, {N_HEADS} heads, {N_POINTS} points; device {device}, "
+        f"MSDeformAttn core, {geometry.frames} frames of {geometry.image_size[0]}x{geometry.image_size[1]}, "
+        f"levels {geometry.level_shapes()}, {geometry.d_model} channels, {N_HEADS} heads, {N_POINTS} points; device {device}, "
         f"{torch.get_num_threads()} threads, median of {args.repeat}"
     )
     ratios = [impl for impl in impls if impl != BASELINE] if BASELINE in impls else []
@@ -210,12 +228,12 @@ def main() -> None:
     measures = {"forward_ms": "forward (ms)", "forward_backward_ms": "forward+backward (ms)",
                 "peak_mib": "peak fwd+bwd (MiB)"}
     for scenario in ("encoder", "decoder"):
-        result = measure_core(scenario, impls, device, args.repeat)
+        result = measure_core(scenario, impls, device, args.repeat, geometry=geometry)
         for key, measure in measures.items():
             line = f"{scenario:<10} {measure:<24}" + "".join(f" {result[impl][key]:>10.2f}" for impl in impls)
             print(line + "".join(f" {result[impl][key] / result[BASELINE][key]:>17.2f}x" for impl in ratios))
-        lq = NUM_QUERIES if scenario == "decoder" else sum(h * w for h, w in level_shapes())
-        print(f"{'':<10} (Lq = {lq} queries per frame, S = {sum(h * w for h, w in level_shapes())})")
+        s = sum(h * w for h, w in geometry.level_shapes())
+        print(f"{'':<10} (Lq = {NUM_QUERIES if scenario == 'decoder' else s} queries per frame, S = {s})")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks.text_table import print_table  # noqa: E402
 from util.amp import cpu_bfloat16_unsupported_reason  # noqa: E402
 from util.threads import cpu_budget  # noqa: E402
 
@@ -179,9 +180,7 @@ def main() -> None:
         baseline = baseline or total
         rows.append((name, str(cpus * threads_per_cpu), *(f"{statistics.median(phases[p]):.1f}" for p in PHASES),
                      f"{total:.1f}", f"{total / baseline:.2f}x"))
-    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print(" | ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+    print_table(header, rows)
     print("ratio: total time per iteration relative to the first row")
 
 

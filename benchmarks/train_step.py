@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.text_table import print_table  # noqa: E402
 from util.amp import cpu_bfloat16_unsupported_reason  # noqa: E402
 
 FRAMES, HEIGHT, WIDTH = 5, 360, 640
@@ -129,9 +130,7 @@ def main() -> None:
         rows.append((name, f"{result['seconds']:.2f}", f"{result['seconds'] / reference['seconds']:.2f}x",
                      f"{result['peak_bytes'] / 2**30:.2f}", f"{result['peak_bytes'] / reference['peak_bytes']:.2f}x"))
     header = ("configuration", "s / iteration", "time ratio", "peak GiB", "memory ratio")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print(" | ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+    print_table(header, rows)
     print("ratios are relative to the fp32 row of the same backbone")
 
 

@@ -441,10 +441,10 @@ def select_core_impl(
       there, even under the interpreter), except for a backward with at most
       :data:`CPU_REFERENCE_MAX_CHANNELS` channels per head: ``"reference"``. With so few channels
       grid_sample's backward costs little per point while the embedding_bag core's costs the same as
-      with more. Measured forward + backward, 2 CPU threads, reference / pytorch time (below 1:
-      reference faster): D = 8: 0.77 with 6 one-frame 128x128 samples (the quick start's encoder,
-      ResNet-18, hidden 64), 0.58 at 5 frames of 360x640; D = 16: 0.96 and 1.41; D = 32
-      (ReferFormer): 1.35 and 2.1. Forward alone the embedding_bag core is faster at D = 8 too.
+      with more. Encoder forward + backward, 2 CPU threads, reference / pytorch time (below 1:
+      reference faster; ``benchmarks/msdeform_attn.py --d_model``, docs/performance.md): D = 8:
+      0.44 with 6 one-frame 128x128 samples (the quick start's), 0.48 at 5 frames of 360x640;
+      D = 16: 0.83 and 0.90 (within run-to-run drift); D = 32 (ReferFormer): 1.51 and 1.92.
     """
     if impl not in CORE_IMPLS:
         raise ValueError(f"deformable attention impl must be one of {CORE_IMPLS}, got {impl!r}")

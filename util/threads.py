@@ -87,11 +87,12 @@ def limit_threads_to_cpu_budget(processes: int = 1) -> int:
     Left alone when the user set a thread count (:data:`THREAD_COUNT_VARIABLES`) or when PyTorch
     already uses no more. Returns the thread count in use.
     """
-    share = max(1, cpu_budget() // processes)
+    budget = cpu_budget()
+    share = max(1, budget // processes)
     chosen_by_user = [name for name in THREAD_COUNT_VARIABLES if os.environ.get(name)]
     if not chosen_by_user and torch.get_num_threads() > share:
         logger.info("using %d compute threads: %d CPU(s) available to this process%s (PyTorch would start %d)",
-                    share, cpu_budget(), f", shared by {processes} processes" if processes > 1 else "",
+                    share, budget, f", shared by {processes} processes" if processes > 1 else "",
                     torch.get_num_threads())
         torch.set_num_threads(share)
     return torch.get_num_threads()
