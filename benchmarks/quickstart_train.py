@@ -12,11 +12,13 @@ to the first row, measured in the same run.
 Rows:
 
 * ``before``: the optimizer as the original runs it on the CPU (a loop of about ten operations per
-  parameter tensor) and the embedding_bag deformable-attention core (``--msda_impl pytorch``): the
-  baseline;
+  parameter tensor), the embedding_bag deformable-attention core (``--msda_impl pytorch``) and
+  ``nn.Dropout``'s masks (one Bernoulli draw per element): the baseline;
 * ``fused AdamW``: the update of ``util/optim.py`` (one pass over all parameters);
-* ``fused AdamW, auto core``: also the core ``--msda_impl auto`` picks (grid_sample, for training
-  with 8 channels per head; ``models/ms_deform_attn.py:select_core_impl``): what ``main.py`` runs;
+* ``... auto core``: also the core ``--msda_impl auto`` picks (grid_sample, for training with 8
+  channels per head; ``models/ms_deform_attn.py:select_core_impl``);
+* ``... CPU dropout masks``: also the dropout masks of ``models/dropout.py`` (four elements per
+  random word): what ``main.py`` runs;
 * ``... --amp``: bfloat16 autocast (n/a on CPUs without native bfloat16);
 * ``... 4x threads``: four times as many compute threads as the process has CPUs, what a CPU quota
   that PyTorch does not see causes (``util/threads.py`` prevents it).
@@ -39,19 +41,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from benchmarks.text_table import print_table  # noqa: E402
 from util.amp import cpu_bfloat16_unsupported_reason  # noqa: E402
 from util.threads import cpu_budget  # noqa: E402
 
 PHASES = ("data", "forward", "losses", "backward", "clipping", "optimizer")
-# (row name, fused AdamW, --msda_impl, --amp, threads per CPU)
+# (row name, fused AdamW, --msda_impl, CPU dropout masks, --amp, threads per CPU)
 CONFIGS = (
-    ("before: per-parameter AdamW, embedding_bag core", False, "pytorch", False, 1),
-    ("fused AdamW, embedding_bag core", True, "pytorch", False, 1),
-    ("fused AdamW, auto core", True, "auto", False, 1),
-    ("fused AdamW, auto core, --amp", True, "auto", True, 1),
-    ("fused AdamW, auto core, 4x threads", True, "auto", False, 4),
+    ("before: per-parameter AdamW, embedding_bag core, nn.Dropout masks", False, "pytorch", False, False, 1),
+    ("fused AdamW, embedding_bag core, nn.Dropout masks", True, "pytorch", False, False, 1),
+    ("fused AdamW, auto core, nn.Dropout masks", True, "auto", False, False, 1),
+    ("fused AdamW, auto core, CPU dropout masks", True, "auto", True, False, 1),
+    ("... --amp", True, "auto", True, True, 1),
+    ("... 4x threads", True, "auto", True, False, 4),
 )
 DATA_FLAGS = ("--seed", "0", "--num_train_videos", "12", "--num_valid_videos", "1", "--frames", "10",
               "--height", "128", "--width", "128", "--expressions_per_object", "2")
@@ -67,13 +71,14 @@ def make_data(directory: Path) -> Path:
     return data
 
 
-def serve(data: Path, fused: bool, msda_impl: str, amp: bool) -> None:
+def serve(data: Path, fused: bool, msda_impl: str, cpu_dropout: bool, amp: bool) -> None:
     """Child process: build the quick start's model, optimizer and loader, then for every line ``K`` read
     from stdin run K iterations and print their per-phase milliseconds as one JSON line (``{phase: [ms]}``)."""
     from datasets import build_dataset
     from datasets.loader import build_train_loader, set_loader_epoch
     from engine import _to_float32, gradient_norm
     from models import build_model
+    from models.dropout import Dropout
     from opts import get_args_parser
     from tools.quickstart import QUICKSTART
     from util.amp import amp_settings, autocast
@@ -87,6 +92,10 @@ def serve(data: Path, fused: bool, msda_impl: str, amp: bool) -> None:
     args = get_args_parser().parse_args(flags + (["--amp"] if amp else []))
     seed_everything(args.seed)
     model, criterion, _ = build_model(args)
+    if not cpu_dropout:
+        for module in model.modules():
+            if isinstance(module, Dropout):
+                module.forward = nn.Dropout.forward.__get__(module)
     optimizer, _ = build_optimizer(model, args)
     if not fused:
         optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "fused"} for g in optimizer.param_groups],
@@ -138,9 +147,9 @@ def main() -> None:
     args = parser.parse_args()
     cpus = cpu_budget()
     if args.serve is not None:
-        _, fused, msda_impl, amp, threads_per_cpu = CONFIGS[args.serve]
+        _, fused, msda_impl, cpu_dropout, amp, threads_per_cpu = CONFIGS[args.serve]
         torch.set_num_threads(cpus * threads_per_cpu)
-        serve(Path(args.data), fused, msda_impl, amp)
+        serve(Path(args.data), fused, msda_impl, cpu_dropout, amp)
         return
 
     print(f"quick start training iteration (batch of 6 one-frame 128x128 clips), {cpus} CPU(s), median of "
@@ -149,7 +158,7 @@ def main() -> None:
     rows, children = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         data = make_data(Path(scratch))
-        for index, (_, _, _, amp, _) in enumerate(CONFIGS):
+        for index, (*_, amp, _) in enumerate(CONFIGS):
             if amp and cpu_bfloat16_unsupported_reason() is not None:
                 continue
             command = [sys.executable, __file__, "--serve", str(index), "--data", str(data)]
@@ -171,7 +180,7 @@ def main() -> None:
             child.stdin.close()
             child.wait()
     baseline = None
-    for index, (name, _, _, _, threads_per_cpu) in enumerate(CONFIGS):
+    for index, (name, *_, threads_per_cpu) in enumerate(CONFIGS):
         if index not in children:
             rows.append((name, "", *[""] * len(PHASES), f"n/a: {cpu_bfloat16_unsupported_reason()}", ""))
             continue

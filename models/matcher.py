@@ -111,25 +111,41 @@ class HungarianMatcher(nn.Module):
             Per clip ``(query_index, target_index)``, both int64 ``[1]`` on the CPU; the target
             index is always 0.
         """
-        cost = self.cost_matrix(outputs, targets)  # [B, Q]
-        best_query = cost.argmin(dim=1).cpu()  # [B]
+        self.check_inputs(outputs, targets)
+        num_clips, _, num_queries = outputs["pred_logits"].shape[:3]
+        if num_queries == 1:  # nothing to choose (the costs would be computed for nothing)
+            best_query = torch.zeros(num_clips, dtype=torch.int64)
+        else:
+            best_query = self._weighted_costs(outputs, targets).argmin(dim=1).cpu()  # [B, Q] -> [B]
         target_index = torch.zeros(1, dtype=torch.int64)
         return [(query.reshape(1), target_index.clone()) for query in best_query]
 
-    @torch.no_grad()
-    def cost_matrix(self, outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, Tensor]]) -> Tensor:
-        """Weighted total cost of every query of every clip → ``[B, Q]`` (inputs as in ``forward``)."""
+    def check_inputs(self, outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, Tensor]]) -> None:
+        """Raise ``ValueError`` for outputs or targets the matcher cannot use (inputs as in ``forward``)."""
         missing = [key for key in OUTPUT_KEYS if key not in outputs]
         if missing:
             raise ValueError(f"the matcher needs {list(OUTPUT_KEYS)} in outputs; missing {missing}")
         check_targets(outputs, targets)
-        logits = outputs["pred_logits"]  # [B, T, Q, K]
-        pred_boxes = outputs["pred_boxes"]  # [B, T, Q, 4]
-        pred_masks = outputs["pred_masks"]  # [B, T, Q, h, w]
-        num_classes = logits.shape[-1]
+        num_classes = outputs["pred_logits"].shape[-1]
         if num_classes != self.num_classes:
             raise ValueError(f"pred_logits has K = {num_classes} classes, "
                              f"but the matcher was built for num_classes = {self.num_classes}")
+        if num_classes > 1:
+            for index, target in enumerate(targets):
+                labels = target["labels"][target["valid"].bool()]
+                if bool(((labels < 0) | (labels >= num_classes)).any()):
+                    raise ValueError(f"target {index}: labels {target['labels'].tolist()} fall outside [0, {num_classes})")
+
+    @torch.no_grad()
+    def cost_matrix(self, outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, Tensor]]) -> Tensor:
+        """Weighted total cost of every query of every clip → ``[B, Q]`` (inputs as in ``forward``)."""
+        self.check_inputs(outputs, targets)
+        return self._weighted_costs(outputs, targets)
+
+    def _weighted_costs(self, outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, Tensor]]) -> Tensor:
+        logits = outputs["pred_logits"]  # [B, T, Q, K]
+        pred_boxes = outputs["pred_boxes"]  # [B, T, Q, 4]
+        pred_masks = outputs["pred_masks"]  # [B, T, Q, h, w]
         valid = torch.stack([t["valid"] for t in targets]).to(logits.device).bool()  # [B, T]
         labels = torch.stack([t["labels"] for t in targets]).to(logits.device)  # [B, T]
         gt_boxes = torch.stack([t["boxes"] for t in targets]).to(pred_boxes)  # [B, T, 4]
@@ -139,8 +155,6 @@ class HungarianMatcher(nn.Module):
         if self.num_classes == 1:
             frame_classes = torch.zeros_like(labels)  # the binary "referred" class, whatever the label
         else:
-            if bool(((labels < 0) | (labels >= num_classes))[valid].any()):
-                raise ValueError(f"target labels {labels.tolist()} fall outside [0, {num_classes})")
             frame_classes = torch.where(valid, labels, 0)  # labels of invalid frames are never used
         class_cost_all = focal_class_cost(logits.sigmoid())  # [B, T, Q, K]
         index = frame_classes[:, :, None, None].expand(*logits.shape[:3], 1)  # [B, T, Q, 1]

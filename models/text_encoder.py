@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, RobertaConfig, RobertaModel
 
+from models.dropout import Dropout
 from util.nested_tensor import NestedTensor
 
 RESIZER_LN_EPS = 1e-12
@@ -64,7 +65,7 @@ class FeatureResizer(nn.Module):
         super().__init__()
         self.fc = nn.Linear(input_feat_size, output_feat_size, bias=True)
         self.layer_norm = nn.LayerNorm(output_feat_size, eps=RESIZER_LN_EPS)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.dropout(self.layer_norm(self.fc(features)))

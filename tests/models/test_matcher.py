@@ -280,8 +280,21 @@ def test_focal_class_cost_hand_values():
 
 # ---- errors ----
 
-def test_bad_input_raises_clear_errors():
-    outputs, targets = make_batch(seed=9)
+def test_one_query_is_matched_without_computing_costs(monkeypatch):
+    outputs, targets = make_batch(num_queries=1, seed=10)
+    matcher = HungarianMatcher(**DEFAULT_COSTS)
+    assert torch.equal(matcher.cost_matrix(outputs, targets).argmin(1), torch.zeros(2, dtype=torch.int64))
+
+    def fail(*args):
+        raise AssertionError("costs computed for a single query")
+
+    monkeypatch.setattr(matcher, "_weighted_costs", fail)
+    assert [(q.tolist(), t.tolist()) for q, t in matcher(outputs, targets)] == [([0], [0]), ([0], [0])]
+
+
+@pytest.mark.parametrize("num_queries", [4, 1])
+def test_bad_input_raises_clear_errors(num_queries):
+    outputs, targets = make_batch(num_queries=num_queries, seed=9)
     matcher = HungarianMatcher(**DEFAULT_COSTS)
     with pytest.raises(ValueError, match="1 target dicts for a batch of 2"):
         matcher(outputs, targets[:1])
@@ -293,5 +306,11 @@ def test_bad_input_raises_clear_errors():
         matcher({k: v for k, v in outputs.items() if k != "pred_masks"}, targets)
     with pytest.raises(ValueError, match="K = 1"):
         HungarianMatcher(**DEFAULT_COSTS, num_classes=3)(outputs, targets)
+    multiclass_outputs, multiclass_targets = make_batch(num_queries=num_queries, num_classes=3, seed=9)
+    multiclass_targets[1]["labels"][multiclass_targets[1]["valid"].bool()] = 3
+    with pytest.raises(ValueError, match="target 1: labels .* outside \\[0, 3\\)"):
+        HungarianMatcher(**DEFAULT_COSTS, num_classes=3)(multiclass_outputs, multiclass_targets)
+    if num_queries == 1:
+        return  # the mask grid is checked where the costs are computed (and by the criterion's mask loss)
     with pytest.raises(ValueError, match="pred_masks"):
         matcher(dict(outputs, pred_masks=outputs["pred_masks"][..., :-1]), targets)
