@@ -1,7 +1,7 @@
 """Benchmark the CPU quick start's training iteration: where its time goes and what each setting changes.
 
 The quick start's model and batches (``tools/quickstart.py``: ResNet-18 trained from scratch, a
-64-wide transformer, one query, 1-frame clips of 128x128 in batches of 6) on a small generated
+64-wide transformer, one query, 1-frame clips of 96x96 in batches of 12) on a small generated
 Ref-Shapes set. Each configuration runs in its own process; the processes take turns, one at a
 time, for ``--rounds`` rounds (so that a machine whose speed drifts slows every row alike), timing
 ``--iterations`` iterations in all after a warm-up, split into the steps of
@@ -44,6 +44,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.text_table import print_table  # noqa: E402
+from tools.quickstart import QUICKSTART  # noqa: E402
 from util.amp import cpu_bfloat16_unsupported_reason  # noqa: E402
 from util.threads import cpu_budget  # noqa: E402
 
@@ -80,7 +81,6 @@ def serve(data: Path, fused: bool, msda_impl: str, cpu_dropout: bool, amp: bool)
     from models import build_model
     from models.dropout import Dropout
     from opts import get_args_parser
-    from tools.quickstart import QUICKSTART
     from util.amp import amp_settings, autocast
     from util.memory import reuse_freed_memory
     from util.optim import build_optimizer
@@ -152,7 +152,9 @@ def main() -> None:
         serve(Path(args.data), fused, msda_impl, cpu_dropout, amp)
         return
 
-    print(f"quick start training iteration (batch of 6 one-frame 128x128 clips), {cpus} CPU(s), median of "
+    recipe = dict(zip(QUICKSTART.train[::2], QUICKSTART.train[1::2]))
+    print(f"quick start training iteration (batch of {recipe['--batch_size']} one-frame clips at most "
+          f"{recipe['--max_size']} pixels wide), {cpus} CPU(s), median of "
           f"{args.iterations} iterations in {args.rounds} interleaved rounds, milliseconds")
     header = ("configuration", "threads", *PHASES, "total", "ratio")
     rows, children = [], {}

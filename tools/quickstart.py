@@ -27,10 +27,10 @@ Steps, each logged to ``<output_dir>/logs/<step>.log`` (the commands are printed
 The configuration: ResNet-18 trained from scratch (no ImageNet weights offline; with
 ``--backbone_from_scratch``: BatchNorm and every stage trained), a 64-wide transformer with 2
 encoder and 6 decoder layers, one query per frame, 1-frame clips of the 128 × 128 videos resized
-to 96 × 96 in batches of 12, without the photometric distortion (its channel
-swaps and hue shifts recolour the shapes the expressions name), one epoch (about 1250 iterations),
-learning rates 2x the paper's (transformer and backbone, since everything starts from random
-weights), and the text encoder of ``train_text_encoder.py`` (pre-trained on the expressions) frozen.
+to 96 × 96 in batches of 12, without the photometric distortion (its channel swaps and hue shifts
+recolour the shapes the expressions name), one epoch (about 1250 iterations), learning rates 2x
+the paper's (transformer and backbone, since everything starts from random weights), and the text
+encoder of ``train_text_encoder.py`` (pre-trained on the expressions) frozen.
 Inference runs at the videos' own size, 128 × 128: the masks come out at a quarter of the input
 size, and the small shapes gain from the finer grid more than they lose from the change of scale
 (with the crops of the training transforms the model has seen objects at many scales).
@@ -53,13 +53,14 @@ on one thread, two at a time; about ±3 between runs):
   the learning rate over the epoch instead of the constant one (58.7 against 60.7 after the epoch,
   45.5 against 49.6 after 800 iterations, both under ``--amp``), ``--amp`` itself (60.7, the same
   score, but no faster on an AMX CPU: ``benchmarks/quickstart_train.py``).
-* 96 × 96 in batches of 12 instead of 128 × 128 in batches of 6 (the recipe since then): 54.2
-  against 53.6 (and 55.9 with ``--msda_impl pytorch``) on a 2-core AMX machine, for 0.62x the time
-  per training sample (fewer pixels, and the per-operation overhead shared by twice the samples);
-  with the learning rates doubled for the doubled batch: 50.1. ``--amp`` does not pay at this size
-  either (0.99x of float32 per iteration). These scores are of inference at 96 × 96; the same
-  checkpoint (53.5 at 96 when trained with 2 threads) scores 57.9 at 128 × 128 (the recipe) and
-  56.8 at 160 × 160: the typical error is a small shape's mask, not the wrong shape.
+* 96 × 96 in batches of 12 instead of 128 × 128 in batches of 6 (the recipe since then; 250
+  training videos, a 2-core AMX machine, scored at the training size): 54.2 (one thread, two runs
+  at a time; 53.5 with 2 threads alone) against 53.6 (55.9 with ``--msda_impl pytorch``), for 0.62x
+  the time per training sample (fewer pixels, and the per-operation overhead shared by twice the
+  samples); with the learning rates doubled for the doubled batch: 50.1. ``--amp`` does not pay at
+  this size either (0.99x of float32 per iteration). The 53.5 checkpoint scores 57.9 inferred at
+  128 × 128 (the recipe) and 56.8 at 160 × 160: the typical error is a small shape's mask, not the
+  wrong shape.
 """
 from __future__ import annotations
 
