@@ -55,12 +55,13 @@ on one thread, two at a time; about ±3 between runs):
   score, but no faster on an AMX CPU: ``benchmarks/quickstart_train.py``).
 * 96 × 96 in batches of 12 instead of 128 × 128 in batches of 6 (the recipe since then; 250
   training videos, a 2-core AMX machine, scored at the training size): 54.2 (one thread, two runs
-  at a time; 53.5 with 2 threads alone) against 53.6 (55.9 with ``--msda_impl pytorch``), for 0.62x
-  the time per training sample (fewer pixels, and the per-operation overhead shared by twice the
-  samples); with the learning rates doubled for the doubled batch: 50.1. ``--amp`` does not pay at
-  this size either (0.99x of float32 per iteration). The 53.5 checkpoint scores 57.9 inferred at
-  128 × 128 (the recipe) and 56.8 at 160 × 160: the typical error is a small shape's mask, not the
-  wrong shape.
+  at a time; 53.5 with 2 threads alone) against 53.6 (55.9 with ``--msda_impl pytorch``), with
+  half the iterations (1251) and about half the training time (706-782 s against 1493 s, in the
+  training logs of fresh-clone runs); with the learning rates doubled for the doubled batch: 50.1.
+  ``--amp`` does not pay at this size either (``benchmarks/quickstart_train.py``, its row). The
+  53.5 checkpoint scores 57.9 inferred at 128 × 128 (the recipe) and 56.8 at 160 × 160
+  (``inference_ytvos.py --short_side``): the typical error is a small shape's mask, not the wrong
+  shape.
 """
 from __future__ import annotations
 
