@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
-from models.backbone import build_backbone
-from models.criterion import SetCriterion
-from models.deformable_transformer import DeformableTransformer
-from models.matcher import HungarianMatcher
-from models.ms_deform_attn import set_core_impl
-from models.postprocessors import build_postprocessors
-from models.referformer import ReferFormer
-from models.text_encoder import load_text_encoder, load_tokenizer
+if TYPE_CHECKING:
+    from models.criterion import SetCriterion
+    from models.referformer import ReferFormer
 
 LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")
 
@@ -37,6 +34,17 @@ def build_model(
 
     ``text_encoder``/``tokenizer`` replace the ones named by ``--text_encoder`` (tests use tiny ones).
     """
+    # imported here, not with the package: a script that needs one light module of the package (the
+    # post-processors, the dataset readers through their evaluators) then does not load torchvision
+    # and transformers, whose imports take seconds
+    from models.backbone import build_backbone
+    from models.criterion import SetCriterion
+    from models.deformable_transformer import DeformableTransformer
+    from models.matcher import HungarianMatcher
+    from models.ms_deform_attn import set_core_impl
+    from models.postprocessors import build_postprocessors
+    from models.referformer import ReferFormer
+    from models.text_encoder import load_text_encoder, load_tokenizer
     from opts import model_options, num_classes_for
 
     num_classes = num_classes_for(args)
@@ -102,3 +110,11 @@ def build_model(
     )
     postprocessors = build_postprocessors(args.dataset_file, args.threshold)
     return model, criterion, postprocessors
+
+
+def __getattr__(name: str):
+    """``models.ReferFormer``, imported on first use (see :func:`build_model`)."""
+    if name == "ReferFormer":
+        from models.referformer import ReferFormer
+        return ReferFormer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

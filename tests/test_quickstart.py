@@ -5,6 +5,8 @@ import dataclasses
 import json
 import os
 import shlex
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -118,3 +120,12 @@ def test_data_made_by_an_older_generator_is_made_anew(tmp_path, monkeypatch, cap
     assert "was made by an older version of the quick start with other settings" in capsys.readouterr().out
     assert not (data / "old.txt").exists()
     assert json.loads((data / quickstart.SETTINGS_FILE).read_text()) == quickstart.data_settings(quickstart.SMOKE)
+
+
+def test_light_steps_do_not_load_the_model_libraries():
+    """The quick start's driver, data generator and scorer start in a fresh process without importing
+    torchvision or transformers (seconds each; only training, inference and the text encoder need them)."""
+    code = ("import sys; import tools.quickstart, tools.data.make_ref_shapes, tools.eval_ref_shapes; "
+            "print(sorted({'torchvision', 'transformers', 'models.referformer'} & set(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
