@@ -124,7 +124,9 @@ def restore_training_state(checkpoint: dict[str, Any], model: nn.Module, optimiz
         grad_scaler.load_state_dict(checkpoint["grad_scaler"])
 
     rng = checkpoint.get("rng")
-    if rng is not None and saved_world_size == world_size:
+    if rng is None:
+        logger.warning("resume %s: the checkpoint has no random states; the random stream restarts", source)
+    elif saved_world_size == world_size:
         restore_rng_state(rng[rank])
     else:
         logger.warning("resume %s: random states were saved for %s processes, not %d; the random stream restarts",

@@ -56,7 +56,7 @@ def test_fused_only_where_every_parameter_can_take_it():
     assert fused_adamw_applies(on_cpu + [frozen_elsewhere])
 
 
-def test_resuming_a_per_parameter_adamw_checkpoint_keeps_the_fused_kernel():
+def test_resuming_a_per_parameter_adamw_checkpoint_keeps_the_fused_kernel(caplog):
     torch.manual_seed(0)
     args = optimizer_args()
     old_model = TwoPartModel()
@@ -72,6 +72,7 @@ def test_resuming_a_per_parameter_adamw_checkpoint_keeps_the_fused_kernel():
     }
     checkpoint = {"model": old_model.state_dict(), "optimizer": state, "lr_scheduler": scheduler.state_dict(), "epoch": 0}
     restore_training_state(checkpoint, model, optimizer, scheduler, rank=0, world_size=1, batch_size=1, source="old.pth")
+    assert "old.pth: the checkpoint has no random states" in caplog.text  # the original's checkpoints have none
     assert all(group["fused"] for group in optimizer.param_groups)
     assert optimizer.state[model.backbone.weight]["step"] == 1
     model(torch.randn(2, 37)).sum().backward()
