@@ -7,7 +7,8 @@ time, for ``--rounds`` rounds (so that a machine whose speed drifts slows every 
 ``--iterations`` iterations in all after a warm-up, split into the steps of
 ``engine.train_one_epoch`` (loading the batch in the main process as the quick start does, forward,
 losses, backward, gradient clipping, optimizer step); the table gives medians in milliseconds and each total's ratio
-to the first row, measured in the same run.
+to the first row, measured in the same run. A second table splits the forward of the quick start's
+configuration by module (forward hooks; the transformer's encoder and decoder are also in its row).
 
 Rows:
 
@@ -20,6 +21,7 @@ Rows:
 * ``... CPU dropout masks``: also the dropout masks of ``models/dropout.py`` (four elements per
   random word): what ``main.py`` runs;
 * ``... --amp``: bfloat16 autocast (n/a on CPUs without native bfloat16);
+* ``... a data-loader worker process``: ``--num_workers 1`` instead of loading in the main process;
 * ``... 4x threads``: four times as many compute threads as the process has CPUs, what a CPU quota
   that PyTorch does not see causes (``util/threads.py`` prevents it).
 
@@ -49,15 +51,21 @@ from util.amp import cpu_bfloat16_unsupported_reason  # noqa: E402
 from util.threads import cpu_budget  # noqa: E402
 
 PHASES = ("data", "forward", "losses", "backward", "clipping", "optimizer")
-# (row name, fused AdamW, --msda_impl, CPU dropout masks, --amp, threads per CPU)
+# (row name, fused AdamW, --msda_impl, CPU dropout masks, --amp, threads per CPU, --num_workers)
 CONFIGS = (
-    ("before: per-parameter AdamW, embedding_bag core, nn.Dropout masks", False, "pytorch", False, False, 1),
-    ("fused AdamW, embedding_bag core, nn.Dropout masks", True, "pytorch", False, False, 1),
-    ("fused AdamW, auto core, nn.Dropout masks", True, "auto", False, False, 1),
-    ("fused AdamW, auto core, CPU dropout masks", True, "auto", True, False, 1),
-    ("... --amp", True, "auto", True, True, 1),
-    ("... 4x threads", True, "auto", True, False, 4),
+    ("before: per-parameter AdamW, embedding_bag core, nn.Dropout masks", False, "pytorch", False, False, 1, 0),
+    ("fused AdamW, embedding_bag core, nn.Dropout masks", True, "pytorch", False, False, 1, 0),
+    ("fused AdamW, auto core, nn.Dropout masks", True, "auto", False, False, 1, 0),
+    ("fused AdamW, auto core, CPU dropout masks", True, "auto", True, False, 1, 0),
+    ("... --amp", True, "auto", True, True, 1, 0),
+    ("... a data-loader worker process", True, "auto", True, False, 1, 1),
+    ("... 4x threads", True, "auto", True, False, 4, 0),
 )
+NOW = 3
+"""The row of what ``main.py`` runs for the quick start; its forward is also timed per module."""
+# Modules timed one by one in the forward (the model's children, the transformer's encoder and decoder);
+# the ModuleLists of per-layer heads are never called as a whole and fall into "other".
+MODULE_DEPTH = {"": 1, "transformer": 2}
 DATA_FLAGS = ("--seed", "0", "--num_train_videos", "12", "--num_valid_videos", "1", "--frames", "10",
               "--height", "128", "--width", "128", "--expressions_per_object", "2")
 
@@ -72,9 +80,30 @@ def make_data(directory: Path) -> Path:
     return data
 
 
-def serve(data: Path, fused: bool, msda_impl: str, cpu_dropout: bool, amp: bool) -> None:
+def time_modules(model: nn.Module, times: dict[str, list[float]]) -> None:
+    """Add each call's milliseconds of the modules of ``MODULE_DEPTH`` to ``times[name]`` (forward hooks)."""
+    starts = {}
+
+    def before(name):
+        return lambda module, inputs: starts.__setitem__(name, time.perf_counter())
+
+    def after(name):
+        return lambda module, inputs, output: times[name].append(1000 * (time.perf_counter() - starts[name]))
+
+    for parent, depth in MODULE_DEPTH.items():
+        for name, module in model.get_submodule(parent).named_children():
+            if isinstance(module, nn.ModuleList):
+                continue
+            full_name = f"{parent}.{name}" if parent else name
+            times.setdefault(full_name, [])
+            module.register_forward_pre_hook(before(full_name))
+            module.register_forward_hook(after(full_name))
+
+
+def serve(data: Path, fused: bool, msda_impl: str, cpu_dropout: bool, amp: bool, num_workers: int) -> None:
     """Child process: build the quick start's model, optimizer and loader, then for every line ``K`` read
-    from stdin run K iterations and print their per-phase milliseconds as one JSON line (``{phase: [ms]}``)."""
+    from stdin run K iterations and print their per-phase milliseconds as one JSON line (``{phase: [ms]}``,
+    and ``{"modules": {name: [ms per iteration]}}`` for the modules' forward times)."""
     from datasets import build_dataset
     from datasets.loader import build_train_loader, set_loader_epoch
     from engine import _to_float32, gradient_norm
@@ -103,7 +132,7 @@ def serve(data: Path, fused: bool, msda_impl: str, cpu_dropout: bool, amp: bool)
     device = torch.device("cpu")
     amp_dtype, _ = amp_settings(args.amp, device)
     loader = build_train_loader(build_dataset(args.dataset_file, "train", args), batch_size=args.batch_size,
-                                num_workers=0, seed=args.seed)
+                                num_workers=num_workers, seed=args.seed)
     weights = criterion.weight_dict
     model.train()
 
@@ -113,9 +142,14 @@ def serve(data: Path, fused: bool, msda_impl: str, cpu_dropout: bool, amp: bool)
             yield from loader
 
     stream = batches()
+    calls: dict[str, list[float]] = {}
+    time_modules(model, calls)
     for line in sys.stdin:
         times = {phase: [] for phase in PHASES}
+        modules = {name: [] for name in calls}
         for _ in range(int(line)):
+            for name in calls:
+                calls[name].clear()
             clock = [time.perf_counter()]
             samples, targets = next(stream)
             clock.append(time.perf_counter())
@@ -134,7 +168,9 @@ def serve(data: Path, fused: bool, msda_impl: str, cpu_dropout: bool, amp: bool)
             clock.append(time.perf_counter())
             for phase, begin, end in zip(PHASES, clock, clock[1:]):
                 times[phase].append(1000 * (end - begin))
-        print(json.dumps(times), flush=True)
+            for name, durations in calls.items():
+                modules[name].append(sum(durations))
+        print(json.dumps({**times, "modules": modules}), flush=True)
 
 
 def main() -> None:
@@ -147,9 +183,9 @@ def main() -> None:
     args = parser.parse_args()
     cpus = cpu_budget()
     if args.serve is not None:
-        _, fused, msda_impl, cpu_dropout, amp, threads_per_cpu = CONFIGS[args.serve]
+        _, fused, msda_impl, cpu_dropout, amp, threads_per_cpu, num_workers = CONFIGS[args.serve]
         torch.set_num_threads(cpus * threads_per_cpu)
-        serve(Path(args.data), fused, msda_impl, cpu_dropout, amp)
+        serve(Path(args.data), fused, msda_impl, cpu_dropout, amp, num_workers)
         return
 
     recipe = dict(zip(QUICKSTART.train[::2], QUICKSTART.train[1::2]))
@@ -160,13 +196,14 @@ def main() -> None:
     rows, children = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         data = make_data(Path(scratch))
-        for index, (*_, amp, _) in enumerate(CONFIGS):
+        for index, (*_, amp, _, _) in enumerate(CONFIGS):
             if amp and cpu_bfloat16_unsupported_reason() is not None:
                 continue
             command = [sys.executable, __file__, "--serve", str(index), "--data", str(data)]
             children[index] = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                stderr=subprocess.DEVNULL, text=True)
         times = {index: {phase: [] for phase in PHASES} for index in children}
+        module_times: dict[str, list[float]] = {}
         per_round = max(1, args.iterations // args.rounds)
         for round_index in range(args.rounds + 1):  # round 0: warm-up, not timed
             for index, child in children.items():
@@ -176,13 +213,17 @@ def main() -> None:
                 if not reply:
                     raise RuntimeError(f"configuration {CONFIGS[index][0]!r} failed (run it alone with --serve {index})")
                 if round_index > 0:
-                    for phase, values in json.loads(reply).items():
+                    reply = json.loads(reply)
+                    for name, values in reply.pop("modules").items():
+                        if index == NOW:
+                            module_times.setdefault(name, []).extend(values)
+                    for phase, values in reply.items():
                         times[index][phase] += values
         for child in children.values():
             child.stdin.close()
             child.wait()
     baseline = None
-    for index, (name, *_, threads_per_cpu) in enumerate(CONFIGS):
+    for index, (name, *_, threads_per_cpu, _) in enumerate(CONFIGS):
         if index not in children:
             rows.append((name, "", *[""] * len(PHASES), f"n/a: {cpu_bfloat16_unsupported_reason()}", ""))
             continue
@@ -193,6 +234,15 @@ def main() -> None:
                      f"{total:.1f}", f"{total / baseline:.2f}x"))
     print_table(header, rows)
     print("ratio: total time per iteration relative to the first row")
+    forward = statistics.median(times[NOW]["forward"])
+    module_rows = [(name, f"{statistics.median(values):.1f}", f"{statistics.median(values) / forward:.0%}")
+                   for name, values in module_times.items() if statistics.median(values) >= 0.05]
+    module_rows.sort(key=lambda row: -float(row[1]))
+    top_level = sum(statistics.median(values) for name, values in module_times.items() if "." not in name)
+    module_rows.append(("other (per-layer heads, flattening, positions)", f"{forward - top_level:.1f}",
+                        f"{(forward - top_level) / forward:.0%}"))
+    print(f"\nforward of {CONFIGS[NOW][0]!r} by module, milliseconds (median over the iterations)")
+    print_table(("module", "forward", "share"), module_rows)
 
 
 if __name__ == "__main__":

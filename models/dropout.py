@@ -8,7 +8,7 @@ element. An element is dropped when its draw is below ``round(p * 2**15)``, so t
 ``p`` rounded to a multiple of ``2**-15`` (0.1 → 0.100006); the kept elements are scaled by
 ``1 / (1 - p)`` as in ``nn.Dropout``. The draws come from PyTorch's default generator, so a seeded
 run repeats itself; the random stream is not the one ``nn.Dropout`` would draw. Same parameters,
-same state dict (none). In the quick start's training iteration this takes about 35 ms (5 %) off
+same state dict (none). In the quick start's training iteration this takes 30-35 ms (5 %) off
 (``benchmarks/quickstart_train.py``).
 """
 from __future__ import annotations
