@@ -63,9 +63,9 @@ CONFIGS = (
 )
 NOW = 3
 """The row of what ``main.py`` runs for the quick start; its forward is also timed per module."""
-# Modules timed one by one in the forward (the model's children, the transformer's encoder and decoder);
-# the ModuleLists of per-layer heads are never called as a whole and fall into "other".
-MODULE_DEPTH = {"": 1, "transformer": 2}
+# Modules whose children are timed one by one in the forward (the model's; the transformer's encoder and
+# decoder); the ModuleLists of per-layer heads are never called as a whole and fall into "other".
+TIMED_PARENTS = ("", "transformer")
 DATA_FLAGS = ("--seed", "0", "--num_train_videos", "12", "--num_valid_videos", "1", "--frames", "10",
               "--height", "128", "--width", "128", "--expressions_per_object", "2")
 
@@ -81,7 +81,7 @@ def make_data(directory: Path) -> Path:
 
 
 def time_modules(model: nn.Module, times: dict[str, list[float]]) -> None:
-    """Add each call's milliseconds of the modules of ``MODULE_DEPTH`` to ``times[name]`` (forward hooks)."""
+    """Add each call's milliseconds of the children of ``TIMED_PARENTS`` to ``times[name]`` (forward hooks)."""
     starts = {}
 
     def before(name):
@@ -90,7 +90,7 @@ def time_modules(model: nn.Module, times: dict[str, list[float]]) -> None:
     def after(name):
         return lambda module, inputs, output: times[name].append(1000 * (time.perf_counter() - starts[name]))
 
-    for parent, depth in MODULE_DEPTH.items():
+    for parent in TIMED_PARENTS:
         for name, module in model.get_submodule(parent).named_children():
             if isinstance(module, nn.ModuleList):
                 continue
@@ -239,7 +239,7 @@ def main() -> None:
                    for name, values in module_times.items() if statistics.median(values) >= 0.05]
     module_rows.sort(key=lambda row: -float(row[1]))
     top_level = sum(statistics.median(values) for name, values in module_times.items() if "." not in name)
-    module_rows.append(("other (per-layer heads, flattening, positions)", f"{forward - top_level:.1f}",
+    module_rows.append(("outside these modules (per-layer heads, flattening)", f"{forward - top_level:.1f}",
                         f"{(forward - top_level) / forward:.0%}"))
     print(f"\nforward of {CONFIGS[NOW][0]!r} by module, milliseconds (median over the iterations)")
     print_table(("module", "forward", "share"), module_rows)
