@@ -121,6 +121,33 @@ class _Boundary:
         self.dilated = dilate(boundary, radius).ravel()
 
 
+def _without_void(pred_masks: np.ndarray, gt_masks: np.ndarray, void: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``[Np, H, W]`` and ``[Ng, H, W]`` as bool with the void pixels cleared; raises if the sizes differ."""
+    pred_masks = np.asarray(pred_masks).astype(bool)
+    gt_masks = np.asarray(gt_masks).astype(bool)
+    if pred_masks.shape[1:] != gt_masks.shape[1:]:
+        raise ValueError(
+            f"prediction masks {pred_masks.shape[1:]} and ground truth {gt_masks.shape[1:]} differ in size"
+        )
+    if void is not None:
+        valid = ~np.asarray(void, dtype=bool)
+        pred_masks = pred_masks & valid
+        gt_masks = gt_masks & valid
+    return pred_masks, gt_masks
+
+
+def _jaccard_matrix(pred_masks: np.ndarray, gt_masks: np.ndarray) -> np.ndarray:
+    """J of every pair of bool masks ``[Np, H, W]`` × ``[Ng, H, W]`` → float64 ``[Np, Ng]``, 1 where the union is empty."""
+    pred_flat = pred_masks.reshape(len(pred_masks), -1).astype(np.float64)  # [Np, H*W]
+    gt_flat = gt_masks.reshape(len(gt_masks), -1).astype(np.float64)  # [Ng, H*W]
+    # 0/1 sums in float64 are exact integers.
+    intersection = pred_flat @ gt_flat.T  # [Np, Ng]
+    union = pred_flat.sum(1)[:, None] + gt_flat.sum(1)[None, :] - intersection  # [Np, Ng]
+    j_scores = np.ones_like(intersection)  # 1 where the union is empty
+    np.divide(intersection, union, out=j_scores, where=union > 0)
+    return j_scores
+
+
 def frame_scores(
     pred_masks: np.ndarray, gt_masks: np.ndarray, void: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -136,25 +163,9 @@ def frame_scores(
         union is empty; F as in ``f_from_counts`` on the boundaries of ``P∧¬void`` and
         ``G∧¬void`` matched within ``boundary_radius(H, W)``.
     """
-    pred_masks = np.asarray(pred_masks).astype(bool)
-    gt_masks = np.asarray(gt_masks).astype(bool)
-    if pred_masks.shape[1:] != gt_masks.shape[1:]:
-        raise ValueError(
-            f"prediction masks {pred_masks.shape[1:]} and ground truth {gt_masks.shape[1:]} differ in size"
-        )
+    pred_masks, gt_masks = _without_void(pred_masks, gt_masks, void)
     height, width = gt_masks.shape[1:]
-    if void is not None:
-        valid = ~np.asarray(void, dtype=bool)
-        pred_masks = pred_masks & valid
-        gt_masks = gt_masks & valid
-
-    pred_flat = pred_masks.reshape(len(pred_masks), -1).astype(np.float64)  # [Np, H*W]
-    gt_flat = gt_masks.reshape(len(gt_masks), -1).astype(np.float64)  # [Ng, H*W]
-    # 0/1 sums in float64 are exact integers.
-    intersection = pred_flat @ gt_flat.T  # [Np, Ng]
-    union = pred_flat.sum(1)[:, None] + gt_flat.sum(1)[None, :] - intersection  # [Np, Ng]
-    j_scores = np.ones_like(intersection)  # 1 where the union is empty
-    np.divide(intersection, union, out=j_scores, where=union > 0)
+    j_scores = _jaccard_matrix(pred_masks, gt_masks)
 
     radius = boundary_radius(height, width)
     pred_boundaries = [_Boundary(m, radius) for m in pred_masks]
@@ -170,7 +181,7 @@ def frame_scores(
 
 def jaccard(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
     """Region similarity J of one predicted and one ground-truth mask (``[H, W]``); see ``frame_scores``."""
-    return float(frame_scores(np.asarray(pred)[None], np.asarray(gt)[None], void)[0][0, 0])
+    return float(_jaccard_matrix(*_without_void(np.asarray(pred)[None], np.asarray(gt)[None], void))[0, 0])
 
 
 def f_measure(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:

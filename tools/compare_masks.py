@@ -12,10 +12,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from davis2017.metrics import jaccard  # noqa: E402
 
 LISTED_LOWEST = 5
 """Files with the lowest IoU named in the summary."""
@@ -24,12 +31,6 @@ LISTED_LOWEST = 5
 def read_mask(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image) != 0
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boolean masks; 1 when both are empty."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def compare_folders(first: str | Path, second: str | Path) -> dict[str, float]:
@@ -56,7 +57,7 @@ def compare_folders(first: str | Path, second: str | Path) -> dict[str, float]:
         a, b = read_mask(first / name), read_mask(second / name)
         if a.shape != b.shape:
             raise ValueError(f"{name}: {a.shape[1]}x{a.shape[0]} in {first} but {b.shape[1]}x{b.shape[0]} in {second}")
-        ious[name] = mask_iou(a, b)
+        ious[name] = jaccard(a, b)  # IoU; 1 when both are empty
     return ious
 
 

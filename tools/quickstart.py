@@ -60,8 +60,7 @@ on one thread, two at a time; about ±3 between runs):
   training logs of fresh-clone runs); with the learning rates doubled for the doubled batch: 50.1.
   ``--amp`` does not pay at this size either (``benchmarks/quickstart_train.py``, its row). The
   53.5 checkpoint scores 57.9 inferred at 128 × 128 (the recipe) and 56.8 at 160 × 160
-  (``inference_ytvos.py --short_side``): the typical error is a small shape's mask, not the wrong
-  shape.
+  (``inference_ytvos.py --short_side``).
 """
 from __future__ import annotations
 
