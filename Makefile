@@ -6,11 +6,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv quickstart test test-fast clean
 
+# --no-compile: pip would byte-compile every installed file, half of the installation's time;
+# tools/precompile.py compiles only what the project imports.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet -r requirements.txt
+	$(VPY) -m pip install --quiet --no-compile -r requirements.txt
 	$(VPY) -m pip install --quiet --no-deps -e .
+	$(VPY) tools/precompile.py
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -19,7 +19,9 @@ Rows:
 * ``... auto core``: also the core ``--msda_impl auto`` picks (grid_sample, for training with 8
   channels per head; ``models/ms_deform_attn.py:select_core_impl``);
 * ``... CPU dropout masks``: also the dropout masks of ``models/dropout.py`` (four elements per
-  random word): what ``main.py`` runs;
+  random word); these four rows with the original's ``--mask_out_stride 4``;
+* ``... --mask_out_stride 2``: the mask losses on 2x-upsampled masks (the quick start's recipe):
+  what ``main.py`` runs;
 * ``... --amp``: bfloat16 autocast (n/a on CPUs without native bfloat16);
 * ``... a data-loader worker process``: ``--num_workers 1`` instead of loading in the main process;
 * ``... 4x threads``: four times as many compute threads as the process has CPUs, what a CPU quota
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,17 +54,39 @@ from util.amp import cpu_bfloat16_unsupported_reason  # noqa: E402
 from util.threads import cpu_budget  # noqa: E402
 
 PHASES = ("data", "forward", "losses", "backward", "clipping", "optimizer")
-# (row name, fused AdamW, --msda_impl, CPU dropout masks, --amp, threads per CPU, --num_workers)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One row: how it differs from what ``main.py`` runs for the quick start."""
+
+    name: str
+    fused: bool = True
+    """The fused AdamW of ``util/optim.py`` (False: the per-parameter loop)."""
+    msda_impl: str = "auto"
+    cpu_dropout: bool = True
+    """The dropout masks of ``models/dropout.py`` (False: ``nn.Dropout``'s)."""
+    amp: bool = False
+    threads_per_cpu: int = 1
+    num_workers: int = 0
+    flags: tuple[str, ...] = ()
+    """``main.py`` flags that replace the quick start's."""
+
+
 CONFIGS = (
-    ("before: per-parameter AdamW, embedding_bag core, nn.Dropout masks", False, "pytorch", False, False, 1, 0),
-    ("fused AdamW, embedding_bag core, nn.Dropout masks", True, "pytorch", False, False, 1, 0),
-    ("fused AdamW, auto core, nn.Dropout masks", True, "auto", False, False, 1, 0),
-    ("fused AdamW, auto core, CPU dropout masks", True, "auto", True, False, 1, 0),
-    ("... --amp", True, "auto", True, True, 1, 0),
-    ("... a data-loader worker process", True, "auto", True, False, 1, 1),
-    ("... 4x threads", True, "auto", True, False, 4, 0),
+    Config("before: per-parameter AdamW, embedding_bag core, nn.Dropout masks, --mask_out_stride 4", fused=False,
+           msda_impl="pytorch", cpu_dropout=False, flags=("--mask_out_stride", "4")),
+    Config("fused AdamW, embedding_bag core, nn.Dropout masks, --mask_out_stride 4", msda_impl="pytorch",
+           cpu_dropout=False, flags=("--mask_out_stride", "4")),
+    Config("fused AdamW, auto core, nn.Dropout masks, --mask_out_stride 4", cpu_dropout=False,
+           flags=("--mask_out_stride", "4")),
+    Config("fused AdamW, auto core, CPU dropout masks, --mask_out_stride 4", flags=("--mask_out_stride", "4")),
+    Config("... --mask_out_stride 2 (now)"),
+    Config("... --amp", amp=True),
+    Config("... a data-loader worker process", num_workers=1),
+    Config("... 4x threads", threads_per_cpu=4),
 )
-NOW = 3
+NOW = 4
 """The row of what ``main.py`` runs for the quick start; its forward is also timed per module."""
 # Modules whose children are timed one by one in the forward (the model's; the transformer's encoder and
 # decoder); the ModuleLists of per-layer heads are never called as a whole and fall into "other".
@@ -100,7 +125,7 @@ def time_modules(model: nn.Module, times: dict[str, list[float]]) -> None:
             module.register_forward_hook(after(full_name))
 
 
-def serve(data: Path, fused: bool, msda_impl: str, cpu_dropout: bool, amp: bool, num_workers: int) -> None:
+def serve(data: Path, config: Config) -> None:
     """Child process: build the quick start's model, optimizer and loader, then for every line ``K`` read
     from stdin run K iterations and print their per-phase milliseconds as one JSON line (``{phase: [ms]}``,
     and ``{"modules": {name: [ms per iteration]}}`` for the modules' forward times)."""
@@ -117,22 +142,23 @@ def serve(data: Path, fused: bool, msda_impl: str, cpu_dropout: bool, amp: bool,
 
     reuse_freed_memory()  # as main.py does
     flags = [*QUICKSTART.model, *QUICKSTART.train, "--text_encoder", str(data / "text_encoder"),
-             "--ytvos_path", str(data), "--output_dir", str(data / "unused"), "--msda_impl", msda_impl]
-    args = get_args_parser().parse_args(flags + (["--amp"] if amp else []))
+             "--ytvos_path", str(data), "--output_dir", str(data / "unused"), "--msda_impl", config.msda_impl,
+             *config.flags]
+    args = get_args_parser().parse_args(flags + (["--amp"] if config.amp else []))
     seed_everything(args.seed)
     model, criterion, _ = build_model(args)
-    if not cpu_dropout:
+    if not config.cpu_dropout:
         for module in model.modules():
             if isinstance(module, Dropout):
                 module.forward = nn.Dropout.forward.__get__(module)
     optimizer, _ = build_optimizer(model, args)
-    if not fused:
+    if not config.fused:
         optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "fused"} for g in optimizer.param_groups],
                                       lr=args.lr, weight_decay=args.weight_decay, fused=False)
     device = torch.device("cpu")
     amp_dtype, _ = amp_settings(args.amp, device)
     loader = build_train_loader(build_dataset(args.dataset_file, "train", args), batch_size=args.batch_size,
-                                num_workers=num_workers, seed=args.seed)
+                                num_workers=config.num_workers, seed=args.seed)
     weights = criterion.weight_dict
     model.train()
 
@@ -183,9 +209,9 @@ def main() -> None:
     args = parser.parse_args()
     cpus = cpu_budget()
     if args.serve is not None:
-        _, fused, msda_impl, cpu_dropout, amp, threads_per_cpu, num_workers = CONFIGS[args.serve]
-        torch.set_num_threads(cpus * threads_per_cpu)
-        serve(Path(args.data), fused, msda_impl, cpu_dropout, amp, num_workers)
+        config = CONFIGS[args.serve]
+        torch.set_num_threads(cpus * config.threads_per_cpu)
+        serve(Path(args.data), config)
         return
 
     recipe = dict(zip(QUICKSTART.train[::2], QUICKSTART.train[1::2]))
@@ -196,8 +222,8 @@ def main() -> None:
     rows, children = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         data = make_data(Path(scratch))
-        for index, (*_, amp, _, _) in enumerate(CONFIGS):
-            if amp and cpu_bfloat16_unsupported_reason() is not None:
+        for index, config in enumerate(CONFIGS):
+            if config.amp and cpu_bfloat16_unsupported_reason() is not None:
                 continue
             command = [sys.executable, __file__, "--serve", str(index), "--data", str(data)]
             children[index] = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -211,7 +237,7 @@ def main() -> None:
                 child.stdin.flush()
                 reply = child.stdout.readline()
                 if not reply:
-                    raise RuntimeError(f"configuration {CONFIGS[index][0]!r} failed (run it alone with --serve {index})")
+                    raise RuntimeError(f"configuration {CONFIGS[index].name!r} failed (run it alone with --serve {index})")
                 if round_index > 0:
                     reply = json.loads(reply)
                     for name, values in reply.pop("modules").items():
@@ -223,14 +249,14 @@ def main() -> None:
             child.stdin.close()
             child.wait()
     baseline = None
-    for index, (name, *_, threads_per_cpu, _) in enumerate(CONFIGS):
+    for index, config in enumerate(CONFIGS):
         if index not in children:
-            rows.append((name, "", *[""] * len(PHASES), f"n/a: {cpu_bfloat16_unsupported_reason()}", ""))
+            rows.append((config.name, "", *[""] * len(PHASES), f"n/a: {cpu_bfloat16_unsupported_reason()}", ""))
             continue
         phases = times[index]
         total = statistics.median([sum(parts) for parts in zip(*phases.values())])
         baseline = baseline or total
-        rows.append((name, str(cpus * threads_per_cpu), *(f"{statistics.median(phases[p]):.1f}" for p in PHASES),
+        rows.append((config.name, str(cpus * config.threads_per_cpu), *(f"{statistics.median(phases[p]):.1f}" for p in PHASES),
                      f"{total:.1f}", f"{total / baseline:.2f}x"))
     print_table(header, rows)
     print("ratio: total time per iteration relative to the first row")
@@ -241,7 +267,7 @@ def main() -> None:
     top_level = sum(statistics.median(values) for name, values in module_times.items() if "." not in name)
     module_rows.append(("outside these modules (per-layer heads, flattening)", f"{forward - top_level:.1f}",
                         f"{(forward - top_level) / forward:.0%}"))
-    print(f"\nforward of {CONFIGS[NOW][0]!r} by module, milliseconds (median over the iterations)")
+    print(f"\nforward of {CONFIGS[NOW].name!r} by module, milliseconds (median over the iterations)")
     print_table(("module", "forward", "share"), module_rows)
 
 

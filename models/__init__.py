@@ -106,6 +106,7 @@ def build_model(
         eos_coef=args.eos_coef,
         losses=["labels", "boxes", "masks"],
         focal_alpha=args.focal_alpha,
+        mask_out_stride=args.mask_out_stride,
     )
     postprocessors = build_postprocessors(args.dataset_file, args.threshold)
     return model, criterion, postprocessors

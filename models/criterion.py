@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from models.dynamic_mask_head import MASK_FEAT_STRIDE, MASK_OUT_STRIDES, aligned_bilinear
 from models.losses import FIXED_FOCAL_ALPHA, dice_loss, sigmoid_focal_loss
 from models.matcher import HungarianMatcher, check_targets, sample_target_masks
 from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
@@ -32,11 +33,17 @@ class SetCriterion(nn.Module):
         eos_coef: only fills the unused ``empty_weight`` buffer, as in the original.
         losses: which of ``"labels"``, ``"boxes"``, ``"masks"`` to compute.
         focal_alpha: α of the class focal loss (the mask focal loss always uses 0.25).
+        mask_out_stride: stride of the grid on which the mask losses and costs compare masks: 4 (the
+            original's) uses the predicted masks as they are; 2 or 1 upsamples them first with the
+            original's aligned-bilinear routine (what its mask head does when its hard-coded
+            ``mask_out_stride`` is changed), so that finer ground truth supervises them.
     """
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float], eos_coef: float,
-                 losses: list[str], focal_alpha: float = 0.25):
+                 losses: list[str], focal_alpha: float = 0.25, mask_out_stride: int = MASK_FEAT_STRIDE):
         super().__init__()
+        if mask_out_stride not in MASK_OUT_STRIDES:
+            raise ValueError(f"mask_out_stride must be one of {MASK_OUT_STRIDES}, got {mask_out_stride}")
         unknown = [name for name in losses if name not in LOSS_GROUPS]
         if unknown:
             raise ValueError(f"unknown losses {unknown}; choose among {list(LOSS_GROUPS)}")
@@ -46,6 +53,7 @@ class SetCriterion(nn.Module):
         self.eos_coef = eos_coef
         self.losses = list(losses)
         self.focal_alpha = focal_alpha
+        self.mask_out_stride = mask_out_stride
         # Kept for parity with the original module; no loss reads it (the class loss is a focal loss).
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
@@ -68,11 +76,22 @@ class SetCriterion(nn.Module):
         layers = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
         losses = {}
         for suffix, layer_outputs in layers:
+            layer_outputs = self.at_mask_out_stride(layer_outputs)
             indices = self.matcher(layer_outputs, targets)
             for name in self.losses:
                 layer_losses = self.loss_functions[name](layer_outputs, targets, indices, num_boxes)
                 losses.update({key + suffix: value for key, value in layer_losses.items()})
         return losses
+
+    def at_mask_out_stride(self, outputs: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        """``outputs`` with ``pred_masks`` upsampled from stride 4 to ``mask_out_stride`` (unchanged at 4)."""
+        factor = MASK_FEAT_STRIDE // self.mask_out_stride
+        if factor == 1:
+            return outputs
+        masks = outputs["pred_masks"]  # [B, T, Q, h, w]
+        *lead, height, width = masks.shape
+        upsampled = aligned_bilinear(masks.reshape(-1, 1, height, width), factor)  # [B*T*Q, 1, fh, fw]
+        return {**outputs, "pred_masks": upsampled.reshape(*lead, factor * height, factor * width)}
 
     @property
     def loss_functions(self) -> dict[str, Callable[..., dict[str, Tensor]]]:

@@ -19,13 +19,11 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from models.dynamic_mask_head import MASK_OUT_STRIDES
 from models.losses import focal_class_cost, pairwise_dice_coefficient, pairwise_sigmoid_focal_cost
 from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from util.nested_tensor import TRAIN_SIZE_DIVISIBILITY, nested_tensor_from_tensor_list
 
-# pred_masks are at stride 4 of the padded input; the ground truth is point-sampled at the
-# centre of each 4×4 cell instead of being resized.
-MASK_OUT_STRIDE = 4
 TARGET_KEYS = ("labels", "boxes", "masks", "valid")
 OUTPUT_KEYS = ("pred_logits", "pred_boxes", "pred_masks")
 
@@ -54,20 +52,24 @@ def check_targets(outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, 
 
 
 def sample_target_masks(targets: Sequence[Mapping[str, Tensor]], pred_mask_size: Sequence[int]) -> Tensor:
-    """GT masks zero-padded like the input batch and point-sampled at stride 4 → ``[B, T, h, w]``.
+    """GT masks zero-padded like the input batch and point-sampled on the prediction grid → ``[B, T, h, w]``.
 
     The masks are padded at the bottom/right to the batch's common size rounded up to a multiple
-    of 32 (the padded input size), then every 4th pixel from offset 2 is kept, which lands on the
-    ``h × w = pred_mask_size`` grid of ``pred_masks``. Same dtype as the input masks.
+    of 32 (the padded input size). The ``h × w = pred_mask_size`` grid of ``pred_masks`` divides it
+    by a stride s (4: the mask head's own grid; 2 or 1: masks upsampled by the criterion's
+    ``mask_out_stride``), and every s-th pixel from offset s // 2, the centre of each s × s cell, is
+    kept instead of resizing the mask. Same dtype as the input masks.
     """
     padded, _ = nested_tensor_from_tensor_list([t["masks"] for t in targets], TRAIN_SIZE_DIVISIBILITY).decompose()
-    offset = MASK_OUT_STRIDE // 2
-    sampled = padded[:, :, offset::MASK_OUT_STRIDE, offset::MASK_OUT_STRIDE]  # [B, T, Hp/4, Wp/4]
-    if tuple(sampled.shape[-2:]) != tuple(pred_mask_size):
-        raise ValueError(f"GT masks padded to {tuple(padded.shape[-2:])} sample to {tuple(sampled.shape[-2:])} at "
-                         f"stride {MASK_OUT_STRIDE}, but pred_masks are {tuple(pred_mask_size)}; the input batch must "
-                         f"be padded to a multiple of {TRAIN_SIZE_DIVISIBILITY} and the masks be at the input size")
-    return sampled
+    padded_size = tuple(padded.shape[-2:])
+    height, width = (int(side) for side in pred_mask_size)
+    stride = padded_size[0] // height if height else 0
+    if stride not in MASK_OUT_STRIDES or padded_size != (height * stride, width * stride):
+        raise ValueError(f"GT masks padded to {padded_size} do not map onto the {(height, width)} grid of pred_masks "
+                         f"at any stride in {MASK_OUT_STRIDES}; the input batch must be padded to a multiple of "
+                         f"{TRAIN_SIZE_DIVISIBILITY} and the masks be at the input size")
+    offset = stride // 2
+    return padded[:, :, offset::stride, offset::stride]  # [B, T, Hp/s, Wp/s]
 
 
 class HungarianMatcher(nn.Module):
@@ -103,7 +105,8 @@ class HungarianMatcher(nn.Module):
 
         Args:
             outputs: ``pred_logits [B, T, Q, K]``, ``pred_boxes [B, T, Q, 4]`` (normalised cxcywh)
-                and ``pred_masks [B, T, Q, h, w]`` (logits at stride 4 of the 32-padded input);
+                and ``pred_masks [B, T, Q, h, w]`` (logits at stride 4 of the 32-padded input, or at
+                the criterion's ``mask_out_stride``);
                 other keys (``aux_outputs``) are ignored.
             targets: B dicts with ``labels [T]``, ``boxes [T, 4]``, ``masks [T, H, W]``, ``valid [T]``.
 

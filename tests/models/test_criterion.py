@@ -26,11 +26,12 @@ FLOAT64_RTOL = 1e-6
 
 
 def build_criterion(num_classes: int = 1, losses: tuple[str, ...] = ("labels", "boxes", "masks"),
-                    num_aux: int = 3) -> SetCriterion:
+                    num_aux: int = 3, mask_out_stride: int = 4) -> SetCriterion:
     weight_dict = dict(LOSS_WEIGHTS)
     weight_dict.update({f"{k}_{i}": v for i in range(num_aux) for k, v in LOSS_WEIGHTS.items()})
     matcher = HungarianMatcher(**MATCHER_COSTS, num_classes=num_classes)
-    return SetCriterion(num_classes, matcher, weight_dict, eos_coef=0.1, losses=list(losses), focal_alpha=0.25)
+    return SetCriterion(num_classes, matcher, weight_dict, eos_coef=0.1, losses=list(losses), focal_alpha=0.25,
+                        mask_out_stride=mask_out_stride)
 
 
 def map_tensors(outputs: dict, fn) -> dict:
@@ -153,6 +154,46 @@ def test_tiny_clip_hand_values():
     for name, value in expected.items():
         assert losses[name].item() == pytest.approx(value / num_boxes, rel=1e-12), name
 
+
+@pytest.mark.parametrize("stride", [2, 1])
+def test_finer_mask_out_stride_hand_values(stride):
+    outputs, targets = tiny_clip(valid=[1, 0])
+    at_stride_4 = build_criterion(num_aux=0)(outputs, targets)
+    losses = build_criterion(num_aux=0, mask_out_stride=stride)(outputs, targets)
+    # the constant logit 0 upsamples to 0: p = 0.5 on all (32 / stride)² points of both frames, and the
+    # 16 × 16-pixel object covers (16 / stride)² of them
+    points, positives = 2 * (32 // stride) ** 2, (16 // stride) ** 2
+    expected_mask = (positives * 0.25 * 0.25 + (points - positives) * 0.75 * 0.25) * math.log(2) / points
+    expected_dice = 1 - (2 * 0.5 * positives + 1) / (0.5 * points + positives + 1)
+    assert losses["loss_mask"].item() == pytest.approx(expected_mask, rel=1e-12)
+    assert losses["loss_dice"].item() == pytest.approx(expected_dice, rel=1e-12)
+    for name in ("loss_ce", "loss_bbox", "loss_giou"):
+        assert torch.equal(losses[name], at_stride_4[name]), name
+
+
+def test_mask_out_stride_upsamples_with_aligned_bilinear():
+    """The original's routine: a stride-4 logit sits at pixel 4i + 2 of the input; between two of them
+    the value is linear, and beyond the last one it is held (replicate padding)."""
+    generator = torch.Generator().manual_seed(3)
+    masks = torch.randn(2, 1, 3, 3, 4, generator=generator, dtype=torch.float64)  # [B, T, Q, h, w]
+    upsampled = build_criterion(mask_out_stride=1).at_mask_out_stride({"pred_masks": masks})["pred_masks"]
+    assert upsampled.shape == (2, 1, 3, 12, 16)
+
+    def interpolate(line: torch.Tensor, pixel: int) -> torch.Tensor:
+        position = min(max((pixel - 2) / 4, 0.0), line.shape[-1] - 1)
+        low = min(int(position), line.shape[-1] - 2)
+        weight = position - low
+        return line[..., low] * (1 - weight) + line[..., low + 1] * weight
+
+    for y in range(12):
+        for x in range(16):
+            columns = torch.stack([interpolate(masks[..., row, :], x) for row in range(3)], dim=-1)
+            torch.testing.assert_close(upsampled[..., y, x], interpolate(columns, y), rtol=1e-12, atol=1e-12)
+    # the default stride leaves the outputs as they are
+    outputs = {"pred_masks": masks}
+    assert build_criterion().at_mask_out_stride(outputs) is outputs
+    with pytest.raises(ValueError, match="mask_out_stride must be one of"):
+        build_criterion(mask_out_stride=3)
 
 def test_num_boxes_counts_valid_frames_and_is_at_least_one():
     _, targets = tiny_clip(valid=[1, 1])

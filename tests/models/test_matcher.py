@@ -254,6 +254,22 @@ def test_target_masks_are_padded_then_point_sampled():
         sample_target_masks(targets, (16, 16))
 
 
+
+def test_target_masks_at_the_finer_strides_of_upsampled_masks():
+    mask = torch.zeros(1, 40, 20, dtype=torch.bool)  # pads to 64 × 32
+    mask[0, 1, 3] = True  # on the stride-2 grid (2·0 + 1, 2·1 + 1), off the stride-4 grid
+    mask[0, 2, 2] = True  # on the stride-4 grid (4·0 + 2), off the stride-2 grid
+    padded = torch.zeros(1, 1, 64, 32, dtype=torch.bool)
+    padded[0, :, :40, :20] = mask
+    assert torch.equal(sample_target_masks([{"masks": mask}], (64, 32)), padded)  # stride 1: every pixel
+    stride_2 = sample_target_masks([{"masks": mask}], (32, 16))
+    assert stride_2.shape == (1, 1, 32, 16) and stride_2.sum() == 1 and stride_2[0, 0, 0, 1]
+    stride_4 = sample_target_masks([{"masks": mask}], (16, 8))
+    assert stride_4.sum() == 1 and stride_4[0, 0, 0, 0]
+    for grid in ((48, 24), (21, 10), (32, 8)):  # stride 4/3, 3, and different strides along the two axes
+        with pytest.raises(ValueError, match=r"do not map onto .* grid of pred_masks"):
+            sample_target_masks([{"masks": mask}], grid)
+
 def test_pairwise_focal_and_dice_hand_values():
     logits = torch.tensor([[0.0, math.log(3.0)]], dtype=torch.float64)  # probabilities 0.5, 0.75
     targets = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)

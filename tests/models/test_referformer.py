@@ -111,6 +111,32 @@ def test_train_mode_has_no_reference_points_and_losses_backpropagate():
     assert all(p.grad is None for p in model.text_encoder.parameters())  # frozen
 
 
+def test_mask_out_stride_supervises_upsampled_masks():
+    """--mask_out_stride 2 reaches the criterion: only the mask losses change, and they backpropagate."""
+    model, criterion = build_tiny_model()
+    _, fine_criterion = build_tiny_model(mask_out_stride=2)
+    assert (criterion.mask_out_stride, fine_criterion.mask_out_stride) == (4, 2)
+    model.train()
+    clips = random_clips([(64, 64)], frames=1, seed=4)
+    mask = torch.zeros(1, 64, 64, dtype=torch.bool)
+    mask[:, 11:29, 21:47] = True  # edges between the stride-4 sampling points
+    targets = [{
+        "size": torch.tensor([64, 64]), "labels": torch.zeros(1, dtype=torch.long),
+        "boxes": torch.tensor([[34 / 64, 20 / 64, 26 / 64, 18 / 64]]), "masks": mask, "valid": torch.ones(1, dtype=torch.long),
+    }]
+    out = model(nested_tensor_from_videos_list(clips, 32), ["a box"], targets)
+    assert out["pred_masks"].shape[-2:] == (16, 16)  # the model still predicts at stride 4
+    coarse, fine = criterion(out, targets), fine_criterion(out, targets)
+    assert coarse.keys() == fine.keys()
+    for name in coarse:
+        if name.startswith(("loss_mask", "loss_dice")):
+            assert not torch.equal(fine[name], coarse[name]), name
+        else:
+            assert torch.equal(fine[name], coarse[name]), name
+    sum(fine[k] * fine_criterion.weight_dict[k] for k in fine).backward()
+    gradient = model.controller.layers[0].weight.grad
+    assert gradient is not None and torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+
 @pytest.mark.parametrize(
     "captions, match",
     [(["a dog", ""], "empty"), (["a dog"], "2 captions|B captions|1 captions"), (["word " * 600, "a dog"], "tokens")],
