@@ -54,7 +54,8 @@ INPUT_PROJ_GROUPS = 32
 # The dynamic mask head needs a first conv (features + coordinates → channels) and a last one
 # (channels → 1 mask logit); a single layer would output dynamic_mask_channels logits.
 MIN_CONTROLLER_LAYERS = 2
-# --mask_out_stride: the predicted masks are at stride 4 (the mask features'); 2 and 1 upsample them for the losses.
+# --mask_out_stride: the predicted masks are at stride 4 (the mask features'); 2 and 1 upsample them for the
+# losses (models/criterion.py); the first is the original's.
 MASK_OUT_STRIDES = (4, 2, 1)
 
 # Options that change the model's parameter names or shapes, or what it computes: a checkpoint fits only a
@@ -224,7 +225,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     loss.add_argument("--set_cost_giou", default=2.0, type=float, help="GIoU weight in the matching cost")
     loss.add_argument("--set_cost_mask", default=2.0, type=float, help="mask focal weight in the matching cost")
     loss.add_argument("--set_cost_dice", default=5.0, type=float, help="dice weight in the matching cost")
-    loss.add_argument("--mask_out_stride", default=4, type=int, choices=MASK_OUT_STRIDES,
+    loss.add_argument("--mask_out_stride", default=MASK_OUT_STRIDES[0], type=int, choices=MASK_OUT_STRIDES,
                       help="stride (in input pixels) of the grid on which the mask losses and matching costs compare "
                            "predicted and ground-truth masks. 4 (the original's, hard-coded there): the predicted "
                            "masks' own grid, the ground truth point-sampled to it. 2 or 1: the predicted masks are "

@@ -12,9 +12,10 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from models.dynamic_mask_head import MASK_FEAT_STRIDE, MASK_OUT_STRIDES, aligned_bilinear
+from models.dynamic_mask_head import MASK_FEAT_STRIDE, aligned_bilinear
 from models.losses import FIXED_FOCAL_ALPHA, dice_loss, sigmoid_focal_loss
 from models.matcher import HungarianMatcher, check_targets, sample_target_masks
+from opts import MASK_OUT_STRIDES
 from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from util.dist import all_reduce_sum, get_world_size
 

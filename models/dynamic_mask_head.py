@@ -15,8 +15,6 @@ from torch import Tensor, nn
 # Both strides are hard-coded to 4 in the original: mask features and predicted masks share stride 4.
 MASK_FEAT_STRIDE = 4
 MASK_OUT_STRIDE = 4
-# Strides at which the losses may compare masks (--mask_out_stride): 2 and 1 upsample the head's masks.
-MASK_OUT_STRIDES = (4, 2, 1)
 
 
 def compute_locations(height: int, width: int, stride: int, device: torch.device) -> Tensor:

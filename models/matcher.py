@@ -19,8 +19,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from models.dynamic_mask_head import MASK_OUT_STRIDES
 from models.losses import focal_class_cost, pairwise_dice_coefficient, pairwise_sigmoid_focal_cost
+from opts import MASK_OUT_STRIDES
 from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from util.nested_tensor import TRAIN_SIZE_DIVISIBILITY, nested_tensor_from_tensor_list
 

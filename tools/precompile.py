@@ -1,17 +1,14 @@
 """Byte-compile what the project imports, once, right after ``pip install --no-compile`` (``make venv``).
 
-pip byte-compiles every Python file it installs: about half of the installation's time (the
-requirements take 114 s with it and 55 s without on the 2-core quick-start machine), nearly all of
-it for torch's thousands of modules, of which the project imports a few hundred. The Makefile
+pip byte-compiles every Python file it installs: about half of the installation's time, nearly all
+of it for torch's thousands of modules, of which the project imports a few hundred. The Makefile
 installs with ``--no-compile`` and then runs this script, which imports the modules of every entry
 point (training, inference, evaluation, the demo, the quick start's steps, the tests' runner) with
 writing ``.pyc`` files allowed, even where ``PYTHONDONTWRITEBYTECODE`` forbids it for the other
-processes, which then load the compiled files.
-Measured on that machine: installation 121 s with pip's compilation against 82 s with a shorter list
-of imports, and 99 s in a fresh clone with this script (25 s of it) when the machine ran about 15 %
-slower; importing torch and transformers afterwards takes 6-7 s either way (about 18 s per process
-where nothing was compiled). A module that none of these imports is compiled by Python when first
-imported, as it does by default, or on every import where ``PYTHONDONTWRITEBYTECODE`` is set.
+processes, which then load the compiled files (where nothing is compiled, every process compiles
+torch and transformers anew on import, more than doubling its start). A module that none of these
+imports is compiled by Python when first imported, as it does by default, or on every import where
+``PYTHONDONTWRITEBYTECODE`` is set.
 
     python tools/precompile.py
 """

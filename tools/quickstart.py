@@ -66,12 +66,10 @@ on one thread, two at a time; about ±3 between runs):
   time): 60.4 against 57.6 with the original's 4, the same run otherwise (60.7 with 1), and with
   ``--seed 1`` for training 57.4 against 55.4: 2-3 points in both pairs, although each is within
   the spread between runs. The losses see the shapes' outlines at 48 × 48 points instead of
-  24 × 24; where the gain goes differs between the pairs: in the first, the masks of the frames in
-  which the model picks the referred shape (71-73 % of them) have a mean IoU of 0.73 instead of
-  0.66; in the second, 72 % of the frames are picked right instead of 66 %, with the same IoU
-  (0.66-0.68). Inferred at 144 × 144 or 160 × 160 instead of 128 × 128: 54.9 and 52.3.
+  24 × 24. Inferred at 144 × 144 or 160 × 160 instead of 128 × 128: 54.9 and 52.3.
 * with ``--mask_out_stride 2``: 180 training videos instead of 250 (908 iterations, a quarter less
-  training time): 51.7; 1 encoder and 4 decoder layers instead of 2 and 6 (about 5 % faster in those runs): 59.7.
+  training time): 51.7; 1 encoder and 4 decoder layers instead of 2 and 6 (about 5 % faster in
+  those runs): 59.7.
 """
 from __future__ import annotations
 
