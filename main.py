@@ -210,7 +210,9 @@ def main(args: argparse.Namespace) -> dict[str, float] | None:
     if iterations_per_epoch == 0:
         raise ValueError(f"{len(dataset)} samples make no full batch of {args.batch_size} per process on "
                          f"{dist_info.world_size} processes; lower --batch_size")
-    logger.info("%d training samples, %d iterations per epoch per process", len(dataset), iterations_per_epoch)
+    logger.info("%d training %s, %d iterations per epoch per process", len(dataset),
+                "samples" if args.expressions_per_clip == 1 else "clips (each shared by several expressions)",
+                iterations_per_epoch)
     evaluations = (build_evaluation_loaders(args, device, dist_info) if args.dataset_file in EVALUATION_DATASETS
                    else [])
 
@@ -220,7 +222,8 @@ def main(args: argparse.Namespace) -> dict[str, float] | None:
         checkpoint = load_checkpoint(resume_path, weights_only=not args.unsafe_load)
         progress = restore_training_state(
             checkpoint, model_without_ddp, optimizer, lr_scheduler, rank=dist_info.rank,
-            world_size=dist_info.world_size, batch_size=args.batch_size, source=str(resume_path), grad_scaler=grad_scaler,
+            world_size=dist_info.world_size, batch_size=args.batch_size, source=str(resume_path),
+            expressions_per_clip=args.expressions_per_clip, grad_scaler=grad_scaler,
         )
         del checkpoint
         logger.info("resumed from %s: epoch %d, iteration %d", resume_path, progress.start_epoch, progress.start_iteration)

@@ -35,6 +35,8 @@ DATASETS = ("ytvos", "davis", "ref_shapes", "a2d", "jhmdb", "refcoco", "refcoco+
             "mevis_ytvos")
 # Joint training sets whose parts label objects differently: the model must be binary.
 BINARY_ONLY_DATASETS = ("joint", "mevis_ytvos")
+# Training sets with several expressions per video, whose clips --expressions_per_clip can share.
+SHARED_CLIP_DATASETS = ("ytvos", "davis", "ref_shapes", "mevis", "mevis_ytvos")
 
 # Class counts K of the class head. The video datasets' counts are the lengths of their
 # category tables (datasets/categories.py); RefCOCO uses raw COCO category ids (1..90) as class indices.
@@ -330,6 +332,11 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--caption_flip", default="whole_word", choices=CAPTION_FLIP_MODES,
                           help="horizontal flip of a clip swaps left/right in its caption: as whole words (default), "
                                "or as the original's substring replacement ('bright' -> 'bleft')")
+    training.add_argument("--expressions_per_clip", default=1, type=int, metavar="R",
+                          help="share each training clip among up to R expressions of its video (ytvos, davis, "
+                               "ref_shapes, mevis): the clip is loaded, augmented and run through the backbone once "
+                               "for all of them, and --batch_size counts clips, so a batch holds up to batch_size x R "
+                               "expressions. 1: one expression per clip, as the original")
     training.add_argument("--photometric_distort", default="original", choices=PHOTOMETRIC_MODES,
                           help="per-frame photometric distortion of training clips: the original's (its uint8 cast "
                                "wraps out-of-range values around), 'clipped' to [0, 255], or 'off' (for data whose "
@@ -366,6 +373,12 @@ def training_arg_errors(args: argparse.Namespace) -> list[str]:
                       f"{args.accum_iter} (checkpoints are written between optimizer steps)")
     if args.print_freq < 1:
         errors.append(f"--print_freq must be at least 1, got {args.print_freq}")
+    if args.expressions_per_clip < 1:
+        errors.append(f"--expressions_per_clip must be at least 1, got {args.expressions_per_clip}")
+    elif args.expressions_per_clip > 1 and args.dataset_file not in SHARED_CLIP_DATASETS:
+        errors.append(f"--expressions_per_clip {args.expressions_per_clip} applies to --dataset_file "
+                      f"{', '.join(SHARED_CLIP_DATASETS)} (several expressions per video); {args.dataset_file} "
+                      "trains with one expression per clip: drop the flag")
     return errors
 
 

@@ -1,14 +1,17 @@
 """Benchmark the CPU quick start's training iteration: where its time goes and what each setting changes.
 
 The quick start's model and batches (``tools/quickstart.py``: ResNet-18 trained from scratch, a
-64-wide transformer, one query, 1-frame clips of 96x96 in batches of 12) on a small generated
-Ref-Shapes set. Each configuration runs in its own process; the processes take turns, one at a
-time, for ``--rounds`` rounds (so that a machine whose speed drifts slows every row alike), timing
-``--iterations`` iterations in all after a warm-up, split into the steps of
-``engine.train_one_epoch`` (loading the batch in the main process as the quick start does, forward,
-losses, backward, gradient clipping, optimizer step); the table gives medians in milliseconds and each total's ratio
-to the first row, measured in the same run. A second table splits the forward of the quick start's
-configuration by module (forward hooks; the transformer's encoder and decoder are also in its row).
+64-wide transformer, one query, batches of 3 one-frame clips of 96x96, each shared by up to 4
+expressions) on a small generated Ref-Shapes set. Each configuration runs in its own process; the
+processes take turns, one at a time, for ``--rounds`` rounds (so that a machine whose speed drifts
+slows every row alike), timing ``--iterations`` iterations in all after a warm-up, split into the
+steps of ``engine.train_one_epoch`` (loading the batch in the main process as the quick start does,
+forward, losses, backward, gradient clipping, optimizer step); the table gives medians in
+milliseconds, the mean number of expressions per batch, the time per expression and its ratio to
+the first row's (an epoch's time, since an epoch is the same set of expressions and frames
+whatever the batches), measured in the same run. A second table splits the forward of the quick
+start's configuration by module (forward hooks; the transformer's encoder and decoder are also in
+its row).
 
 Rows:
 
@@ -20,8 +23,10 @@ Rows:
   channels per head; ``models/ms_deform_attn.py:select_core_impl``);
 * ``... CPU dropout masks``: also the dropout masks of ``models/dropout.py`` (four elements per
   random word); these four rows with the original's ``--mask_out_stride 4``;
-* ``... --mask_out_stride 2``: the mask losses on 2x-upsampled masks (the quick start's recipe):
-  what ``main.py`` runs;
+* ``... --mask_out_stride 2``: the mask losses on 2x-upsampled masks; these five rows with batches
+  of 12 one-expression clips (``--expressions_per_clip 1``);
+* ``... --expressions_per_clip 4``: batches of 3 clips, each shared by up to 4 expressions (the
+  quick start's recipe): what ``main.py`` runs;
 * ``... --amp``: bfloat16 autocast (n/a on CPUs without native bfloat16);
 * ``... a data-loader worker process``: ``--num_workers 1`` instead of loading in the main process;
 * ``... 4x threads``: four times as many compute threads as the process has CPUs, what a CPU quota
@@ -73,20 +78,23 @@ class Config:
     """``main.py`` flags that replace the quick start's."""
 
 
+ONE_EXPRESSION_PER_CLIP = ("--batch_size", "12", "--expressions_per_clip", "1")
 CONFIGS = (
     Config("before: per-parameter AdamW, embedding_bag core, nn.Dropout masks, --mask_out_stride 4", fused=False,
-           msda_impl="pytorch", cpu_dropout=False, flags=("--mask_out_stride", "4")),
+           msda_impl="pytorch", cpu_dropout=False, flags=("--mask_out_stride", "4", *ONE_EXPRESSION_PER_CLIP)),
     Config("fused AdamW, embedding_bag core, nn.Dropout masks, --mask_out_stride 4", msda_impl="pytorch",
-           cpu_dropout=False, flags=("--mask_out_stride", "4")),
+           cpu_dropout=False, flags=("--mask_out_stride", "4", *ONE_EXPRESSION_PER_CLIP)),
     Config("fused AdamW, auto core, nn.Dropout masks, --mask_out_stride 4", cpu_dropout=False,
-           flags=("--mask_out_stride", "4")),
-    Config("fused AdamW, auto core, CPU dropout masks, --mask_out_stride 4", flags=("--mask_out_stride", "4")),
-    Config("... --mask_out_stride 2 (now)"),
+           flags=("--mask_out_stride", "4", *ONE_EXPRESSION_PER_CLIP)),
+    Config("fused AdamW, auto core, CPU dropout masks, --mask_out_stride 4",
+           flags=("--mask_out_stride", "4", *ONE_EXPRESSION_PER_CLIP)),
+    Config("... --mask_out_stride 2, batches of 12 one-expression clips", flags=ONE_EXPRESSION_PER_CLIP),
+    Config("... --expressions_per_clip 4, batches of 3 clips (now)"),
     Config("... --amp", amp=True),
     Config("... a data-loader worker process", num_workers=1),
     Config("... 4x threads", threads_per_cpu=4),
 )
-NOW = 4
+NOW = 5
 """The row of what ``main.py`` runs for the quick start; its forward is also timed per module."""
 # Modules whose children are timed one by one in the forward (the model's; the transformer's encoder and
 # decoder); the ModuleLists of per-layer heads are never called as a whole and fall into "other".
@@ -173,11 +181,13 @@ def serve(data: Path, config: Config) -> None:
     for line in sys.stdin:
         times = {phase: [] for phase in PHASES}
         modules = {name: [] for name in calls}
+        expressions = []
         for _ in range(int(line)):
             for name in calls:
                 calls[name].clear()
             clock = [time.perf_counter()]
             samples, targets = next(stream)
+            expressions.append(len(targets))
             clock.append(time.perf_counter())
             with autocast(device, amp_dtype):
                 outputs = model(samples, [t["caption"] for t in targets], targets)
@@ -196,7 +206,7 @@ def serve(data: Path, config: Config) -> None:
                 times[phase].append(1000 * (end - begin))
             for name, durations in calls.items():
                 modules[name].append(sum(durations))
-        print(json.dumps({**times, "modules": modules}), flush=True)
+        print(json.dumps({**times, "modules": modules, "expressions": expressions}), flush=True)
 
 
 def main() -> None:
@@ -216,9 +226,10 @@ def main() -> None:
 
     recipe = dict(zip(QUICKSTART.train[::2], QUICKSTART.train[1::2]))
     print(f"quick start training iteration (batch of {recipe['--batch_size']} one-frame clips at most "
-          f"{recipe['--max_size']} pixels wide), {cpus} CPU(s), median of "
+          f"{recipe['--max_size']} pixels wide, each shared by up to {recipe['--expressions_per_clip']} expressions), "
+          f"{cpus} CPU(s), median of "
           f"{args.iterations} iterations in {args.rounds} interleaved rounds, milliseconds")
-    header = ("configuration", "threads", *PHASES, "total", "ratio")
+    header = ("configuration", "threads", *PHASES, "total", "expressions", "per expression", "ratio")
     rows, children = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         data = make_data(Path(scratch))
@@ -229,6 +240,7 @@ def main() -> None:
             children[index] = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                stderr=subprocess.DEVNULL, text=True)
         times = {index: {phase: [] for phase in PHASES} for index in children}
+        expressions = {index: [] for index in children}
         module_times: dict[str, list[float]] = {}
         per_round = max(1, args.iterations // args.rounds)
         for round_index in range(args.rounds + 1):  # round 0: warm-up, not timed
@@ -240,6 +252,7 @@ def main() -> None:
                     raise RuntimeError(f"configuration {CONFIGS[index].name!r} failed (run it alone with --serve {index})")
                 if round_index > 0:
                     reply = json.loads(reply)
+                    expressions[index] += reply.pop("expressions")
                     for name, values in reply.pop("modules").items():
                         if index == NOW:
                             module_times.setdefault(name, []).extend(values)
@@ -251,15 +264,19 @@ def main() -> None:
     baseline = None
     for index, config in enumerate(CONFIGS):
         if index not in children:
-            rows.append((config.name, "", *[""] * len(PHASES), f"n/a: {cpu_bfloat16_unsupported_reason()}", ""))
+            rows.append((config.name, "", *[""] * len(PHASES), f"n/a: {cpu_bfloat16_unsupported_reason()}", "", "", ""))
             continue
         phases = times[index]
         total = statistics.median([sum(parts) for parts in zip(*phases.values())])
-        baseline = baseline or total
+        per_batch = statistics.mean(expressions[index])
+        per_expression = total / per_batch
+        baseline = baseline or per_expression
         rows.append((config.name, str(cpus * config.threads_per_cpu), *(f"{statistics.median(phases[p]):.1f}" for p in PHASES),
-                     f"{total:.1f}", f"{total / baseline:.2f}x"))
+                     f"{total:.1f}", f"{per_batch:.1f}", f"{per_expression:.1f}", f"{per_expression / baseline:.2f}x"))
     print_table(header, rows)
-    print("ratio: total time per iteration relative to the first row")
+    print("expressions: mean per batch (each a one-frame clip, or sharing one: --expressions_per_clip); "
+          "per expression: total / expressions; ratio: time per expression relative to the first row, i.e. of an "
+          "epoch")
     forward = statistics.median(times[NOW]["forward"])
     module_rows = [(name, f"{statistics.median(values):.1f}", f"{statistics.median(values) / forward:.0%}")
                    for name, values in module_times.items() if statistics.median(values) >= 0.05]

@@ -66,9 +66,16 @@ class ResumableSampler(Sampler[int]):
         return self.num_samples - self.start
 
 
-def collate_clips(batch: Sequence[tuple[Tensor, dict]]) -> tuple[NestedTensor, list[dict]]:
-    """Clips ``[T, 3, H, W]`` → a NestedTensor ``[B, T, 3, Hp, Wp]`` padded to multiples of 32, and the targets."""
+def collate_clips(batch: Sequence[tuple[Tensor, dict | list[dict]]]) -> tuple[NestedTensor, list[dict]]:
+    """Clips ``[T, 3, H, W]`` → a NestedTensor ``[B, T, 3, Hp, Wp]`` padded to multiples of 32, and the targets.
+
+    An item whose target is a list (a clip shared by several expressions, ``--expressions_per_clip``)
+    contributes all its targets, in order, each marked with the ``clip_index`` of its clip in the batch.
+    """
     clips, targets = zip(*batch)
+    if any(isinstance(target, list) for target in targets):
+        targets = [{**target, "clip_index": index}
+                   for index, clip_targets in enumerate(targets) for target in clip_targets]
     return nested_tensor_from_videos_list(clips, TRAIN_SIZE_DIVISIBILITY), list(targets)
 
 

@@ -36,8 +36,7 @@ from PIL import Image
 
 from datasets import ytvos
 from datasets.categories import MEVIS_CATEGORIES
-from datasets.meta import (META_EXPRESSIONS_FILE, DatasetFormatError, frame_path, iter_expression_entries, load_json,
-                           read_frame)
+from datasets.meta import META_EXPRESSIONS_FILE, DatasetFormatError, frame_path, iter_expression_entries, load_json
 from datasets.ref_video import BadSampleError, ReferringVideoDataset, normalize_caption
 from datasets.refexp import EpochConcatDataset
 from datasets.transforms import Compose, make_clip_transforms
@@ -191,6 +190,11 @@ class MevisClipSample:
     frames: tuple[str, ...]  # sorted frame stems of the video
     anchor: int  # index into ``frames``
 
+    @property
+    def referent(self) -> tuple[str, ...]:
+        """What the expression refers to (its objects' annotation ids)."""
+        return self.anno_ids
+
 
 class MevisDataset(ReferringVideoDataset):
     """Training clips ``([T, 3, H, W] frames, target)`` of a MeViS split (target keys as
@@ -204,18 +208,19 @@ class MevisDataset(ReferringVideoDataset):
         root: MeViS root (holds ``<split>/JPEGImages``, ``<split>/meta_expressions.json``,
             ``<split>/mask_dict.json``).
         split: ``train`` (or ``valid_u``, which has masks too).
-        num_frames, transforms, seed, skip_bad_samples: as for :class:`~datasets.ref_video.ReferringVideoDataset`.
+        num_frames, transforms, seed, skip_bad_samples, expressions_per_clip: as for
+            :class:`~datasets.ref_video.ReferringVideoDataset`.
     """
 
     def __init__(self, root: str | Path, split: str, *, num_frames: int, transforms: Compose, seed: int,
-                 skip_bad_samples: bool = False):
+                 skip_bad_samples: bool = False, expressions_per_clip: int = 1):
         self.expressions_file = expressions_path(root, split)
         self.mask_file = mask_dict_path(root, split)
         self.mask_dict = read_mask_dict(self.mask_file)
         # frame stem → its index in the file's frame list, which the mask lists follow
         self.frame_index: dict[str, dict[str, int]] = {}
         super().__init__(root, split, categories=MEVIS_CATEGORIES, num_frames=num_frames, transforms=transforms,
-                         seed=seed, skip_bad_samples=skip_bad_samples)
+                         seed=seed, skip_bad_samples=skip_bad_samples, expressions_per_clip=expressions_per_clip)
 
     def _build_samples(self) -> tuple[list[MevisClipSample], list[str]]:
         """Samples (in the order of the class docstring) and a description of every bad metadata entry."""
@@ -243,21 +248,15 @@ class MevisDataset(ReferringVideoDataset):
                     ]
         return samples, bad
 
-    def _read_frame_and_mask(self, sample: MevisClipSample, frame: str) -> tuple[Image.Image, np.ndarray]:
-        """The RGB frame and the float ``[H, W]`` union of the referred objects' masks (1 on any of them)."""
-        image_path = frame_path(self.root, self.split, sample.video, frame)
-        where = f"video {sample.video}, frame {frame}"
-        try:
-            image = read_frame(image_path)
-        except OSError as error:  # FileNotFoundError included
-            raise BadSampleError(f"{where}: {error}") from error
+    def _read_mask(self, sample: MevisClipSample, frame: str, image: Image.Image) -> np.ndarray:
+        """The float ``[H, W]`` union of the referred objects' masks (1 on any of them) in ``frame`` (read as ``image``)."""
         index = self.frame_index[sample.video][frame]
         try:
             mask = union_mask((self.mask_dict[a][index] for a in sample.anno_ids), (image.height, image.width))
         except ValueError as error:
-            raise BadSampleError(f"{where}: {self.mask_file}, anno_id {sample.anno_ids}: {error} "
-                                 f"({image_path})") from error
-        return image, mask.astype(np.float32)
+            raise BadSampleError(f"video {sample.video}, frame {frame}: {self.mask_file}, anno_id {sample.anno_ids}: "
+                                 f"{error} ({frame_path(self.root, self.split, sample.video, frame)})") from error
+        return mask.astype(np.float32)
 
 
 def build(split: str, args: argparse.Namespace) -> MevisDataset:
@@ -268,7 +267,7 @@ def build(split: str, args: argparse.Namespace) -> MevisDataset:
         args.mevis_path, split, num_frames=args.num_frames,
         transforms=make_clip_transforms(split, max_size=args.max_size, caption_flip=args.caption_flip,
                                         photometric=args.photometric_distort),
-        seed=args.seed, skip_bad_samples=args.skip_bad_samples,
+        seed=args.seed, skip_bad_samples=args.skip_bad_samples, expressions_per_clip=args.expressions_per_clip,
     )
 
 

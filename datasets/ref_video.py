@@ -6,6 +6,13 @@ video shorter than a clip repeats frames, as in the original), reads the frames 
 object's masks, builds the target and applies the clip transforms; a clip in which no frame shows
 the object after the transforms is replaced by a random other sample, as in the original.
 
+With ``expressions_per_clip`` R > 1 (``--expressions_per_clip``) the samples of one (video,
+anchor) are grouped, up to R per group and spread over the video's objects, and one item is a
+group: one clip, drawn and transformed once, with a target per expression (expressions whose
+object the transforms cut out are dropped; a group with none left is replaced). The loader stacks
+the clips and lists the targets, each with the ``clip_index`` of its clip, and the model runs the
+backbone once per clip (:meth:`models.referformer.ReferFormer.forward`).
+
 Bad input is reported with the video, frame and file: metadata problems (empty expression,
 object id missing from ``meta.json``, unknown category) when the dataset is built, file problems
 (missing or undecodable frame, missing annotation, frame and annotation of different sizes) when
@@ -15,6 +22,7 @@ the target's ``skipped``.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -53,6 +62,37 @@ class ClipSample:
     category: str
     frames: tuple[str, ...]  # sorted frame stems of the video
     anchor: int  # index into ``frames``
+
+    @property
+    def referent(self) -> int:
+        """What the expression refers to (the object id)."""
+        return self.obj_id
+
+
+def group_samples(samples: Sequence[ClipSample], expressions_per_clip: int) -> list[tuple[int, ...]]:
+    """Indices of ``samples`` in groups of at most ``expressions_per_clip`` that share a video and an anchor.
+
+    With 1, every sample is its own group, in the samples' order (the original's). Otherwise groups
+    keep the order of the first sample of each (video, anchor); within one, the expressions are taken
+    in turn from each referent (the first expression of every object, then the second, ...) and cut
+    into as few groups as the limit allows, of sizes that differ by one at most (7 expressions in
+    groups of at most 3: 3, 2, 2), so that a group refers to as many different objects as it can.
+    """
+    if expressions_per_clip < 1:
+        raise ValueError(f"expressions_per_clip must be at least 1, got {expressions_per_clip}")
+    if expressions_per_clip == 1:
+        return [(index,) for index in range(len(samples))]
+    by_clip: dict[tuple[str, int], dict[object, list[int]]] = {}
+    for index, sample in enumerate(samples):
+        by_clip.setdefault((sample.video, sample.anchor), {}).setdefault(sample.referent, []).append(index)
+    groups = []
+    for by_referent in by_clip.values():
+        turns = [index for turn in itertools.zip_longest(*by_referent.values()) for index in turn if index is not None]
+        num_groups = -(-len(turns) // expressions_per_clip)
+        size, larger = divmod(len(turns), num_groups)
+        starts = list(itertools.accumulate([size + 1] * larger + [size] * (num_groups - larger), initial=0))
+        groups += [tuple(turns[start:end]) for start, end in zip(starts, starts[1:])]
+    return groups
 
 
 def normalize_caption(text: str) -> str:
@@ -110,12 +150,14 @@ def draw_training_sample(index: int, num_samples: int, load: Callable[[int, Samp
 
 
 class ReferringVideoDataset(Dataset):
-    """Training clips ``([T, 3, H, W] frames, target)`` of a dataset in the ``meta_expressions`` layout.
+    """Training clips ``([T, 3, H, W] frames, target)`` of a dataset in the ``meta_expressions`` layout;
+    with ``expressions_per_clip`` > 1, ``([T, 3, H, W] frames, [target, ...])``, a target per expression.
 
     Target keys: ``frames_idx [T]`` (indices into the sorted frame list), ``labels [T]``
     (category index), ``boxes [T, 4]`` (normalised cxcywh), ``masks [T, H, W]`` bool, ``valid [T]``
     int32, ``caption`` str, ``orig_size``/``size`` ``(h, w)`` before/after the transforms,
-    ``video``, ``exp_id`` and ``skipped`` (descriptions of bad samples replaced by this one).
+    ``video``, ``exp_id`` and ``skipped`` (descriptions of bad samples replaced by this one; in a
+    group's first target).
 
     Args:
         root: dataset root (holds ``<split>/JPEGImages``, ``<split>/Annotations``,
@@ -127,11 +169,13 @@ class ReferringVideoDataset(Dataset):
         seed: run seed; with the epoch (:meth:`set_epoch`) and the index it fixes every random choice.
         always_local_sampling: draw the local frames even for one-frame clips (Ref-DAVIS17).
         skip_bad_samples: log and skip bad samples instead of raising :class:`BadSampleError`.
+        expressions_per_clip: R; more than 1 shares each clip among up to R expressions
+            (:func:`group_samples`).
     """
 
     def __init__(self, root: str | Path, split: str, *, categories: Sequence[str], num_frames: int,
                  transforms: Compose, seed: int, always_local_sampling: bool = False,
-                 skip_bad_samples: bool = False):
+                 skip_bad_samples: bool = False, expressions_per_clip: int = 1):
         self.root = Path(root)
         self.split = split
         self.categories = tuple(categories)
@@ -145,6 +189,8 @@ class ReferringVideoDataset(Dataset):
         report_bad_entries(self.bad_entries, f"the {self.root} metadata", skip_bad_samples=skip_bad_samples)
         if not self.samples:
             raise BadSampleError(f"no training samples in {self.root} (split {split!r})")
+        self.expressions_per_clip = expressions_per_clip
+        self.groups = group_samples(self.samples, expressions_per_clip)
 
     def _build_samples(self) -> tuple[list[ClipSample], list[str]]:
         """Samples in the original's order (videos and expressions in file order, anchors every T frames)
@@ -186,52 +232,83 @@ class ReferringVideoDataset(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.groups)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict]:
-        return draw_training_sample(index, len(self), lambda i, rng: self.load_clip(self.samples[i], rng),
-                                    sample_random(self.seed, self.epoch, index),
-                                    skip_bad_samples=self.skip_bad_samples, source=self.root)
+    def __getitem__(self, index: int) -> tuple[Tensor, dict | list[dict]]:
+        clip, target = draw_training_sample(
+            index, len(self), lambda i, rng: self.load_clip([self.samples[j] for j in self.groups[i]], rng),
+            sample_random(self.seed, self.epoch, index), skip_bad_samples=self.skip_bad_samples, source=self.root,
+        )
+        targets = split_group_target(target, self.num_frames)
+        return clip, targets if self.expressions_per_clip > 1 else targets[0]
 
-    def load_clip(self, sample: ClipSample, rng: SampleRandom) -> tuple[Tensor, dict]:
-        """Draw the clip of ``sample``, read it and transform it (raises :class:`BadSampleError`)."""
-        indices = sample_clip_frames(sample.anchor, len(sample.frames), self.num_frames, rng.python,
+    def load_clip(self, samples: Sequence[ClipSample], rng: SampleRandom) -> tuple[Tensor, dict]:
+        """Draw the clip of ``samples`` (expressions of one video with one anchor), read it and transform it.
+
+        Returns the clip and one target for all R expressions: ``caption`` and ``exp_id`` are lists
+        of R, ``labels``/``boxes``/``masks``/``valid`` have R*T rows (expression-major), as
+        :func:`split_group_target` reads them. Raises :class:`BadSampleError`.
+        """
+        first = samples[0]
+        indices = sample_clip_frames(first.anchor, len(first.frames), self.num_frames, rng.python,
                                      always_local=self.always_local_sampling)
-        frames, masks = [], []
-        for index in indices:
-            frame, mask = self._read_frame_and_mask(sample, sample.frames[index])
-            frames.append(frame)
-            masks.append(mask)
-        masks_t = torch.from_numpy(np.stack(masks))  # [T, H, W] float32
-        boxes = masks_to_boxes(masks_t)  # [T, 4] inclusive pixel xyxy, zeros where absent
+        frames = [self._read_frame(first, first.frames[index]) for index in indices]
+        masks = [self._read_mask(sample, first.frames[index], frame)
+                 for sample in samples for index, frame in zip(indices, frames)]
+        masks_t = torch.from_numpy(np.stack(masks))  # [R*T, H, W] float32
+        boxes = masks_to_boxes(masks_t)  # [R*T, 4] inclusive pixel xyxy, zeros where absent
         height, width = masks_t.shape[-2:]
         boxes[:, 0::2].clamp_(min=0, max=width)
         boxes[:, 1::2].clamp_(min=0, max=height)
         target = {
             "frames_idx": torch.tensor(indices),
-            "labels": torch.full((len(indices),), self.categories.index(sample.category), dtype=torch.long),
+            "labels": torch.tensor([self.categories.index(s.category) for s in samples for _ in indices]),
             "boxes": boxes,
             "masks": masks_t,
             "valid": masks_t.flatten(1).any(dim=1).long(),
-            "caption": sample.caption,
+            "caption": [sample.caption for sample in samples],
             "orig_size": torch.tensor([height, width]),
             "size": torch.tensor([height, width]),
         }
         clip, target = self.transforms(frames, target, rng)
-        target["video"], target["exp_id"] = sample.video, sample.exp_id
+        target["video"], target["exp_id"] = first.video, [sample.exp_id for sample in samples]
         return clip, target
 
-    def _read_frame_and_mask(self, sample: ClipSample, frame: str):
-        """The RGB frame and the referred object's float ``[H, W]`` mask (1 on the object)."""
+    def _read_frame(self, sample: ClipSample, frame: str) -> Image.Image:
+        """The RGB frame ``frame`` of the sample's video."""
         image_path = frame_path(self.root, self.split, sample.video, frame)
+        try:
+            return read_frame(image_path)
+        except OSError as error:  # FileNotFoundError included
+            raise BadSampleError(f"video {sample.video}, frame {frame}: {error}") from error
+
+    def _read_mask(self, sample: ClipSample, frame: str, image: Image.Image) -> np.ndarray:
+        """The referred object's float ``[H, W]`` mask (1 on the object) in ``frame`` (read as ``image``)."""
         mask_path = self.root / self.split / ANNOTATIONS_DIR / sample.video / f"{frame}{ANNOTATION_SUFFIX}"
         where = f"video {sample.video}, frame {frame}"
         try:
-            image = read_frame(image_path)
             annotation = read_annotation(mask_path)
         except OSError as error:  # FileNotFoundError included
             raise BadSampleError(f"{where}: {error}") from error
         if annotation.shape != (image.height, image.width):
             raise BadSampleError(f"{where}: annotation {mask_path} is {annotation.shape[0]}x{annotation.shape[1]} "
-                                 f"but frame {image_path} is {image.height}x{image.width}")
-        return image, (annotation == sample.obj_id).astype(np.float32)
+                                 f"but frame {frame_path(self.root, self.split, sample.video, frame)} is "
+                                 f"{image.height}x{image.width}")
+        return (annotation == sample.obj_id).astype(np.float32)
+
+
+def split_group_target(target: dict, num_frames: int) -> list[dict]:
+    """The per-expression targets of a clip's target for R expressions (:meth:`ReferringVideoDataset.load_clip`),
+    leaving out expressions whose object is visible in no frame; ``skipped`` goes to the first one."""
+    rows = ("labels", "boxes", "masks", "valid")
+    targets = []
+    for member, (caption, exp_id) in enumerate(zip(target["caption"], target["exp_id"])):
+        part = slice(member * num_frames, (member + 1) * num_frames)
+        if not target["valid"][part].any():
+            continue
+        member_target = {key: value for key, value in target.items() if key not in rows}
+        member_target.update({key: target[key][part] for key in rows})
+        member_target.update(caption=caption, exp_id=exp_id, skipped=[])
+        targets.append(member_target)
+    targets[0]["skipped"] = target.get("skipped", [])
+    return targets

@@ -8,6 +8,10 @@ A clip is a list of T PIL RGB frames plus a target dict:
 * ``masks [T, H, W]`` (float from the dataset, bool after the first resize);
 * ``valid [T]``, ``labels [T]``, ``caption`` (str), ``size`` ``(h, w)`` of the current frames.
 
+A clip shared by R expressions (``--expressions_per_clip``) has one target with R*T rows of
+``boxes``/``masks``/``valid``/``labels`` and a list of R captions: the transforms treat every row
+alike, so all R expressions see the same random crop, flip and resize.
+
 Every transform is called as ``transform(frames, target, rng)`` with the sample's
 :class:`~datasets.sampling.SampleRandom`, so the result is a function of the sample's seed.
 """
@@ -86,7 +90,7 @@ class Compose:
 
 class RandomHorizontalFlip:
     """Mirror all frames, masks and boxes (``x0' = W − x1``, ``x1' = W − x0``) and swap left/right
-    in the caption (see :func:`flip_caption`), with probability ``p``."""
+    in the caption or captions (see :func:`flip_caption`), with probability ``p``."""
 
     def __init__(self, p: float = 0.5, caption_flip: str = "whole_word"):
         if caption_flip not in CAPTION_FLIP_MODES:
@@ -99,7 +103,9 @@ class RandomHorizontalFlip:
             return frames, target
         width = frames[0].width
         target = dict(target)
-        target["caption"] = flip_caption(target["caption"], self.caption_flip)
+        caption = target["caption"]
+        target["caption"] = (flip_caption(caption, self.caption_flip) if isinstance(caption, str)
+                             else [flip_caption(c, self.caption_flip) for c in caption])
         boxes = target["boxes"]
         target["boxes"] = boxes[:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1.0, -1.0, 1.0]) + torch.tensor([width, 0.0, width, 0.0])
         target["masks"] = target["masks"].flip(-1)

@@ -27,4 +27,5 @@ def build(
         transforms=make_clip_transforms(split, max_size=args.max_size, caption_flip=args.caption_flip,
                                         photometric=args.photometric_distort),
         seed=args.seed, skip_bad_samples=args.skip_bad_samples,
+        expressions_per_clip=args.expressions_per_clip,
     )

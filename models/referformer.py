@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,16 +70,21 @@ class VisualFeatures:
     num_frames: int
     finest_visual: Tensor | None = None
 
-    def repeat_clips(self, repeats: int) -> "VisualFeatures":
-        """Each clip repeated ``repeats`` times in a row (clip b becomes clips ``b*repeats .. b*repeats+repeats-1``),
-        so that several captions of one clip run through :meth:`ReferFormer.forward_heads` as one batch."""
-        if repeats == 1:
-            return self
+    def repeat_clips(self, repeats: int | Sequence[int]) -> "VisualFeatures":
+        """Each clip repeated in a row, ``repeats`` times or ``repeats[b]`` times for clip b (clip 0 becomes clips
+        ``0 .. repeats[0]-1``, and so on), so that several captions of one clip run through
+        :meth:`ReferFormer.forward_heads` as one batch."""
         b, t = self.num_clips, self.num_frames
+        counts = [repeats] * b if isinstance(repeats, int) else list(repeats)
+        if len(counts) != b or min(counts) < 1:
+            raise ValueError(f"expected a positive repeat count for each of the {b} clips, got {repeats}")
+        if max(counts) == 1:
+            return self
+        counts_t = torch.tensor(counts, device=self.masks[0].device)
 
         def rep(x: Tensor) -> Tensor:
             x = x.unflatten(0, (b, t))  # [B, T, ...]
-            return x.repeat_interleave(repeats, dim=0).flatten(0, 1)  # [B*repeats*T, ...]
+            return x.repeat_interleave(counts_t, dim=0, output_size=sum(counts)).flatten(0, 1)  # [sum(counts)*T, ...]
 
         return VisualFeatures(
             features=[NestedTensor(rep(f.tensors), rep(f.mask)) for f in self.features],
@@ -87,10 +92,28 @@ class VisualFeatures:
             srcs=[rep(s) for s in self.srcs],
             masks=[rep(m) for m in self.masks],
             poses=[rep(p) for p in self.poses],
-            num_clips=b * repeats,
+            num_clips=sum(counts),
             num_frames=t,
-            finest_visual=None if self.finest_visual is None else self.finest_visual.repeat_interleave(repeats, dim=1),
+            finest_visual=(None if self.finest_visual is None  # [T*H*W, B, C]
+                           else self.finest_visual.repeat_interleave(counts_t, dim=1, output_size=sum(counts))),
         )
+
+
+def captions_per_clip(clip_index: Sequence[int], num_clips: int) -> list[int]:
+    """How many captions each of ``num_clips`` clips has, from the clip of every caption (consecutive, in clip order).
+
+    Raises:
+        ValueError: the indices are out of order, skip a clip or name one that does not exist.
+    """
+    counts = [0] * max(num_clips, 0)
+    for previous, index in zip([0, *clip_index], clip_index):
+        if not (0 <= index < num_clips and previous <= index):
+            raise ValueError(f"clip_index of the targets must run through 0..{num_clips - 1} in order, got "
+                             f"{list(clip_index)}")
+        counts[index] += 1
+    if 0 in counts:
+        raise ValueError(f"clip {counts.index(0)} of {num_clips} has no caption (clip_index {list(clip_index)})")
+    return counts
 
 
 class MLP(nn.Module):
@@ -248,14 +271,16 @@ class ReferFormer(nn.Module):
         Args:
             samples: frames ``[B, T, 3, Hp, Wp]`` with padding mask ``[B, T, Hp, Wp]``, or a list of
                 ``[T, 3, H, W]`` clips (padded here without rounding, as the inference scripts do).
-            captions: B referring expressions.
-            targets: B dicts; ``size`` = unpadded input ``(h, w)``; optional ``valid_indices`` picks
-                one annotated frame per clip right after the backbone (A2D/JHMDB).
+            captions: B referring expressions; or, for clips shared by several expressions
+                (``--expressions_per_clip``), one per target, each target naming its clip in ``clip_index``
+                (those of one clip consecutive, clips in order): the visual part then runs once per clip.
+            targets: B dicts (one per caption); ``size`` = unpadded input ``(h, w)``; optional
+                ``valid_indices`` picks one annotated frame per clip right after the backbone (A2D/JHMDB).
 
         Returns:
             ``pred_logits [B, T, Q, K]``, ``pred_boxes [B, T, Q, 4]`` (cxcywh, normalised),
             ``pred_masks [B, T, Q, Hp/4, Wp/4]``; ``aux_outputs`` (one dict per earlier decoder
-            layer) if aux loss; in eval mode ``reference_points [B, T, Q, 2]``.
+            layer) if aux loss; in eval mode ``reference_points [B, T, Q, 2]``. B counts captions.
 
         The forward is :meth:`forward_visual` (everything that does not depend on the captions)
         followed by :meth:`forward_heads`; inference calls the two separately to share the first
@@ -264,7 +289,14 @@ class ReferFormer(nn.Module):
         if not isinstance(samples, NestedTensor):
             samples = nested_tensor_from_videos_list(samples)
         b = samples.tensors.shape[0] if samples.tensors.ndim == 5 else -1
-        if b != len(captions) or b != len(targets):
+        if len(captions) != len(targets):
+            raise ValueError(f"expected a target per caption, got {len(captions)} captions and {len(targets)} targets")
+        if targets and "clip_index" in targets[0]:
+            counts = captions_per_clip([target["clip_index"] for target in targets], b)
+            if "valid_indices" in targets[0]:
+                raise ValueError("clips shared by several captions (clip_index) cannot pick frames (valid_indices)")
+            return self.forward_heads(self.forward_visual(samples).repeat_clips(counts), captions, targets)
+        if b != len(captions):
             raise ValueError(
                 f"expected clips [B, T, 3, H, W] with B captions and B targets; got samples "
                 f"{tuple(samples.tensors.shape)}, {len(captions)} captions, {len(targets)} targets"

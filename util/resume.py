@@ -67,7 +67,7 @@ def training_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 def restore_training_state(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
                            scheduler: torch.optim.lr_scheduler.MultiStepLR, *, rank: int, world_size: int,
-                           batch_size: int, source: str,
+                           batch_size: int, source: str, expressions_per_clip: int = 1,
                            grad_scaler: torch.amp.GradScaler | None = None) -> TrainingProgress:
     """Load ``checkpoint`` into the training objects (``--resume``) and say where to continue.
 
@@ -79,8 +79,9 @@ def restore_training_state(checkpoint: dict[str, Any], model: nn.Module, optimiz
     computes its update (fused AdamW or not) is this run's choice, not restored.
 
     Raises:
-        ValueError: a mid-epoch checkpoint written with another world size or batch size (its
-            sampler position would not apply); resume from an end-of-epoch checkpoint instead.
+        ValueError: a mid-epoch checkpoint written with another world size, batch size or
+            ``--expressions_per_clip`` (its sampler position would not apply); resume from an
+            end-of-epoch checkpoint instead.
     """
     report = load_model_state(model, model_state_from_checkpoint(checkpoint, source=source), strict=False, source=source)
     if not report.complete:
@@ -94,12 +95,15 @@ def restore_training_state(checkpoint: dict[str, Any], model: nn.Module, optimiz
     saved_world_size = checkpoint.get("world_size")
     saved_args = checkpoint.get("args")
     saved_batch_size = getattr(saved_args, "batch_size", batch_size)
-    if mid_epoch and (saved_world_size != world_size or saved_batch_size != batch_size):
+    saved_sharing = getattr(saved_args, "expressions_per_clip", 1)
+    if mid_epoch and (saved_world_size != world_size or saved_batch_size != batch_size
+                      or saved_sharing != expressions_per_clip):
         raise ValueError(
             f"{source} was written in the middle of epoch {checkpoint['epoch']} by {saved_world_size} processes with "
-            f"--batch_size {saved_batch_size}; this run has {world_size} processes with --batch_size {batch_size}, so "
-            "its position in the epoch does not apply. Resume from an end-of-epoch checkpoint (checkpointNNNN.pth) "
-            "or with the same settings"
+            f"--batch_size {saved_batch_size} --expressions_per_clip {saved_sharing}; this run has {world_size} "
+            f"processes with --batch_size {batch_size} --expressions_per_clip {expressions_per_clip}, so its "
+            "position in the epoch does not apply. Resume from an end-of-epoch checkpoint (checkpointNNNN.pth) or "
+            "with the same settings"
         )
 
     initial_lrs = [group["initial_lr"] for group in optimizer.param_groups]

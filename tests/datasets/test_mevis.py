@@ -31,6 +31,11 @@ def untransformed(root, num_frames: int, skip_bad_samples: bool = False) -> Mevi
                         skip_bad_samples=skip_bad_samples)
 
 
+def read_mask(dataset, sample, frame):
+    """The float mask of ``sample``'s objects in ``frame``, as loading a clip reads it."""
+    return dataset._read_mask(sample, frame, dataset._read_frame(sample, frame))
+
+
 def expected_box(mask: np.ndarray) -> list[float]:
     """Normalised cxcywh of the inclusive pixel box of a non-empty bool ``[H, W]`` mask."""
     ys, xs = np.nonzero(mask)
@@ -81,12 +86,12 @@ def test_object_absent_from_a_frame_leaves_the_others(data):
     masks = data.object_masks["train"]["walk"]
     last = len(masks[0]) - 1
     sample = next(s for s in dataset.samples if (s.video, s.exp_id) == ("walk", "1"))
-    _, first = dataset._read_frame_and_mask(sample, sample.frames[0])
-    _, final = dataset._read_frame_and_mask(sample, sample.frames[last])
+    first = read_mask(dataset, sample, sample.frames[0])
+    final = read_mask(dataset, sample, sample.frames[last])
     np.testing.assert_array_equal(first, masks[0, 0].astype(np.float32))
     np.testing.assert_array_equal(final, masks[1, last].astype(np.float32))
     single = next(s for s in dataset.samples if (s.video, s.exp_id) == ("walk", "0"))
-    _, empty = dataset._read_frame_and_mask(single, single.frames[last])
+    empty = read_mask(dataset, single, single.frames[last])
     assert not empty.any()
 
 
@@ -187,7 +192,7 @@ def test_mask_of_the_wrong_size_names_the_files(data):
     sample = next(s for s in dataset.samples if (s.video, s.exp_id) == ("jump", "0"))
     with pytest.raises(BadSampleError, match=r"video jump, frame 00001: .*mask_dict.json, anno_id \('3',\): mask is "
                                              r"4x4 but the frame is 48x48 .*00001.jpg"):
-        dataset._read_frame_and_mask(sample, "00001")
+        read_mask(dataset, sample, "00001")
 
 
 def test_missing_frame_names_the_file(data):

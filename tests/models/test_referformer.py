@@ -137,6 +137,57 @@ def test_mask_out_stride_supervises_upsampled_masks():
     gradient = model.controller.layers[0].weight.grad
     assert gradient is not None and torch.isfinite(gradient).all() and gradient.abs().sum() > 0
 
+def box_target(size: int, frames: int, box: tuple[int, int, int, int]) -> dict:
+    """A training target whose object fills the pixel box ``(x0, y0, x1, y1)`` (exclusive ends) in every frame."""
+    x0, y0, x1, y1 = box
+    mask = torch.zeros(frames, size, size, dtype=torch.bool)
+    mask[:, y0:y1, x0:x1] = True
+    cxcywh = [(x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size, (y1 - y0) / size]
+    return {"size": torch.tensor([size, size]), "labels": torch.zeros(frames, dtype=torch.long),
+            "boxes": torch.tensor([cxcywh] * frames), "masks": mask, "valid": torch.ones(frames, dtype=torch.long)}
+
+
+def test_clips_shared_by_captions_train_as_the_clips_repeated():
+    """Captions naming their clip (clip_index, --expressions_per_clip) give the outputs, losses and gradients
+    of a batch in which each clip is repeated once per caption (the same dropout draws: the caption-dependent
+    part sees the same shapes; the ResNet's BatchNorm is frozen)."""
+    model, criterion = build_tiny_model()
+    model.train()
+    clips = random_clips([(64, 64), (64, 64)], frames=2, seed=5)
+    captions = ["the dog", "a cat on the left", "the tree"]
+    targets = [box_target(64, 2, box) for box in ((10, 10, 30, 40), (40, 5, 60, 20), (0, 30, 20, 64))]
+    runs = {}
+    for name, batch, batch_targets in (
+        ("shared", clips, [{**t, "clip_index": i} for t, i in zip(targets, (0, 0, 1))]),
+        ("repeated", [clips[0], clips[0], clips[1]], targets),
+    ):
+        model.zero_grad()
+        torch.manual_seed(0)
+        out = model(nested_tensor_from_videos_list(batch, 32), captions, batch_targets)
+        losses = criterion(out, batch_targets)
+        sum(losses[k] * criterion.weight_dict[k] for k in losses).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        runs[name] = out, losses, grads
+    (out, losses, grads), (out_r, losses_r, grads_r) = runs["shared"], runs["repeated"]
+    for key in ("pred_logits", "pred_boxes", "pred_masks"):
+        torch.testing.assert_close(out[key], out_r[key], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses, losses_r, rtol=1e-4, atol=1e-5)
+    assert grads.keys() == grads_r.keys() and any(n.startswith("backbone.") for n in grads)
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_r[name], rtol=1e-3, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("clip_index, match", [
+    ([0, 1, 0], "in order"), ([0, 0, 0], "clip 1 of 2 has no caption"), ([0, 1, 2], "in order"),
+])
+def test_clip_index_must_name_every_clip_in_order(tiny_model, clip_index, match):
+    model, _ = tiny_model
+    clips = random_clips([(64, 64), (64, 64)], frames=1)
+    targets = [{"size": torch.tensor([64, 64]), "clip_index": i} for i in clip_index]
+    with pytest.raises(ValueError, match=match):
+        model(nested_tensor_from_videos_list(clips, 32), ["a", "b", "c"], targets)
+
+
 @pytest.mark.parametrize(
     "captions, match",
     [(["a dog", ""], "empty"), (["a dog"], "2 captions|B captions|1 captions"), (["word " * 600, "a dog"], "tokens")],

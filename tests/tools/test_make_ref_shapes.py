@@ -49,11 +49,11 @@ JPEG_TOLERANCE = 30
 flat shapes, mask eroded by one pixel)."""
 
 
-def _generate(root: Path, seed: int) -> Path:
+def _generate(root: Path, seed: int, *extra: str) -> Path:
     make_ref_shapes(["--output", str(root), "--seed", str(seed), "--num_train_videos", str(NUM_VIDEOS["train"]),
                      "--num_valid_videos", str(NUM_VIDEOS["valid"]), "--frames", str(SIZE["num_frames"]),
                      "--height", str(SIZE["height"]), "--width", str(SIZE["width"]),
-                     "--expressions_per_object", str(SIZE["expressions_per_object"])])
+                     "--expressions_per_object", str(SIZE["expressions_per_object"]), *extra])
     return root
 
 
@@ -81,6 +81,19 @@ def test_same_seed_same_bytes_other_seed_other_bytes(dataset, tmp_path):
     assert all(other[name] != again[name] for name in jpegs)
     expressions = "meta_expressions/train/meta_expressions.json"
     assert other[expressions] != again[expressions]
+
+
+def test_train_frames_shortens_the_training_videos_only(dataset, tmp_path):
+    short = tmp_path / "short"
+    _generate(short, SEED, "--num_train_videos", "5", "--train_frames", "2")
+    train = read_meta_expressions(meta_expressions_path(short, "train"))
+    assert len(train) == 5 and all(len(entry.frames) == 2 for entry in train.values())
+    assert len(list((short / "train" / "JPEGImages").rglob("*.jpg"))) == 5 * 2
+    # the valid split (and its ground truth) is byte for byte the one generated without the option
+    unchanged = {name: digest for name, digest in _digest(dataset).items() if "train" not in Path(name).parts}
+    assert unchanged and {name: _digest(short)[name] for name in unchanged} == unchanged
+    with pytest.raises(SystemExit):
+        _generate(tmp_path / "bad", SEED, "--train_frames", "1")
 
 
 def test_layout_and_meta_files_agree(dataset):

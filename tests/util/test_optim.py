@@ -1,6 +1,7 @@
 """The optimizer: PyTorch's fused AdamW where it applies, the same updates as the per-parameter AdamW, kept on resume."""
 import argparse
 
+import pytest
 import torch
 from torch import nn
 
@@ -79,3 +80,26 @@ def test_resuming_a_per_parameter_adamw_checkpoint_keeps_the_fused_kernel(caplog
     optimizer.step()  # the fused kernel takes the loaded state
     assert optimizer.state[model.backbone.weight]["step"] == 2
 
+
+
+@pytest.mark.parametrize("saved, current, fails", [
+    ({"batch_size": 2, "expressions_per_clip": 3}, {"batch_size": 2, "expressions_per_clip": 3}, False),
+    ({"batch_size": 2, "expressions_per_clip": 3}, {"batch_size": 2, "expressions_per_clip": 1}, True),
+    ({"batch_size": 2}, {"batch_size": 2, "expressions_per_clip": 2}, True),  # written before the option: 1
+    ({"batch_size": 2, "expressions_per_clip": 3}, {"batch_size": 4, "expressions_per_clip": 3}, True),
+])
+def test_mid_epoch_resume_needs_the_same_batches(saved, current, fails):
+    model = TwoPartModel()
+    optimizer, scheduler = build_optimizer(model, optimizer_args())
+    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "lr_scheduler": scheduler.state_dict(), "epoch": 0, "iteration": 4, "world_size": 1,
+                  "args": argparse.Namespace(**saved)}
+    if not fails:
+        progress = restore_training_state(checkpoint, model, optimizer, scheduler, rank=0, world_size=1,
+                                          source="mid.pth", **current)
+        assert progress.start_iteration == 4
+        return
+    with pytest.raises(ValueError, match=r"mid.pth was written in the middle of epoch 0 .*--expressions_per_clip "
+                                         r"\d; this run .*--batch_size \d --expressions_per_clip \d"):
+        restore_training_state(checkpoint, model, optimizer, scheduler, rank=0, world_size=1, source="mid.pth",
+                               **current)

@@ -777,8 +777,10 @@ def split_statistics(scenes: list[VideoScene]) -> SplitStatistics:
 
 
 def write_dataset(output: str | Path, *, seed: int, num_train_videos: int, num_valid_videos: int, num_frames: int,
-                  height: int, width: int, expressions_per_object: int) -> dict[str, SplitStatistics]:
-    """Generate and write both splits (see the module docstring for the layout).
+                  height: int, width: int, expressions_per_object: int,
+                  train_frames: int | None = None) -> dict[str, SplitStatistics]:
+    """Generate and write both splits (see the module docstring for the layout); the training videos have
+    ``train_frames`` frames (default ``num_frames``).
 
     Returns:
         split name → its statistics.
@@ -787,7 +789,8 @@ def write_dataset(output: str | Path, *, seed: int, num_train_videos: int, num_v
     palette = davis_palette()
     statistics = {}
     for split, num_videos in zip(SPLITS, (num_train_videos, num_valid_videos)):
-        scenes = generate_split(seed, split, num_videos, height=height, width=width, num_frames=num_frames,
+        frames = train_frames if split == "train" and train_frames is not None else num_frames
+        scenes = generate_split(seed, split, num_videos, height=height, width=width, num_frames=frames,
                                 expressions_per_object=expressions_per_object)
         for scene in scenes:
             write_video(scene, output / split, palette)
@@ -829,10 +832,10 @@ def mevis_expressions_entry(scene: VideoScene, expressions: list[GroupExpression
 
 
 def write_mevis_dataset(output: str | Path, *, seed: int, num_train_videos: int, num_valid_videos: int,
-                        num_frames: int, height: int, width: int,
-                        expressions_per_object: int) -> dict[str, SplitStatistics]:
+                        num_frames: int, height: int, width: int, expressions_per_object: int,
+                        train_frames: int | None = None) -> dict[str, SplitStatistics]:
     """Generate and write the MeViS layout (see the module docstring); ``valid_u`` and ``valid`` get
-    ``num_valid_videos`` each.
+    ``num_valid_videos`` each; the training videos have ``train_frames`` frames (default ``num_frames``).
 
     Returns:
         split name → its statistics.
@@ -840,7 +843,8 @@ def write_mevis_dataset(output: str | Path, *, seed: int, num_train_videos: int,
     output = Path(output)
     statistics = {}
     for split, num_videos in zip(MEVIS_SPLITS, (num_train_videos, num_valid_videos, num_valid_videos)):
-        videos = generate_mevis_split(seed, split, num_videos, height=height, width=width, num_frames=num_frames,
+        frames = train_frames if split == "train" and train_frames is not None else num_frames
+        videos = generate_mevis_split(seed, split, num_videos, height=height, width=width, num_frames=frames,
                                       expressions_per_object=expressions_per_object)
         with_masks = split in MEVIS_SPLITS_WITH_MASKS
         entries, mask_dict = {}, {}
@@ -884,13 +888,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_valid_videos", default=DEFAULT_VALID_VIDEOS, type=_positive_int,
                         help="videos of valid (and of valid_u with --layout mevis)")
     parser.add_argument("--frames", default=DEFAULT_FRAMES, type=_positive_int, help="frames per video")
+    parser.add_argument("--train_frames", default=None, type=_positive_int,
+                        help="frames per training video (default --frames); e.g. more, shorter training videos for "
+                             "a model trained on one-frame clips: more scenes for the same number of samples")
     parser.add_argument("--height", default=DEFAULT_SIZE, type=_positive_int, help="frame height in pixels")
     parser.add_argument("--width", default=DEFAULT_SIZE, type=_positive_int, help="frame width in pixels")
     parser.add_argument("--expressions_per_object", default=DEFAULT_EXPRESSIONS_PER_OBJECT, type=_positive_int,
                         help="at most this many expressions per object (fewer when fewer descriptions are unique)")
     args = parser.parse_args(argv)
-    if args.frames < 2:
-        parser.error("--frames must be at least 2: the motion words need two frames")
+    if min(args.frames, args.train_frames or args.frames) < 2:
+        parser.error("--frames and --train_frames must be at least 2: the motion words need two frames")
     if min(args.height, args.width) < 32:
         parser.error("--height and --width must be at least 32 pixels for the shapes to be recognisable")
     if args.output is None:
@@ -906,7 +913,8 @@ def main(argv: list[str] | None = None) -> dict[str, SplitStatistics]:
     write = write_mevis_dataset if args.layout == "mevis" else write_dataset
     statistics = write(args.output, seed=args.seed, num_train_videos=args.num_train_videos,
                        num_valid_videos=args.num_valid_videos, num_frames=args.frames, height=args.height,
-                       width=args.width, expressions_per_object=args.expressions_per_object)
+                       width=args.width, expressions_per_object=args.expressions_per_object,
+                       train_frames=args.train_frames)
     for split, stats in statistics.items():
         logger.info("%s: %d videos, %d frames, %d objects, %d expressions (%d name the motion, %d need it; "
                     "%d videos with look-alike twins)", split, stats.videos, stats.frames, stats.objects,
