@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from pycocotools import mask as coco_mask
@@ -248,15 +248,20 @@ class MevisDataset(ReferringVideoDataset):
                     ]
         return samples, bad
 
-    def _read_mask(self, sample: MevisClipSample, frame: str, image: Image.Image) -> np.ndarray:
-        """The float ``[H, W]`` union of the referred objects' masks (1 on any of them) in ``frame`` (read as ``image``)."""
-        index = self.frame_index[sample.video][frame]
-        try:
-            mask = union_mask((self.mask_dict[a][index] for a in sample.anno_ids), (image.height, image.width))
-        except ValueError as error:
-            raise BadSampleError(f"video {sample.video}, frame {frame}: {self.mask_file}, anno_id {sample.anno_ids}: "
-                                 f"{error} ({frame_path(self.root, self.split, sample.video, frame)})") from error
-        return mask.astype(np.float32)
+    def _read_masks(self, samples: Sequence[MevisClipSample], frame: str, image: Image.Image) -> np.ndarray:
+        """Per sample, the float ``[H, W]`` union of its objects' masks (1 on any of them) in ``frame`` (read as
+        ``image``) → ``[R, H, W]``."""
+        masks = []
+        for sample in samples:
+            index = self.frame_index[sample.video][frame]
+            try:
+                mask = union_mask((self.mask_dict[a][index] for a in sample.anno_ids), (image.height, image.width))
+            except ValueError as error:
+                raise BadSampleError(f"video {sample.video}, frame {frame}: {self.mask_file}, anno_id "
+                                     f"{sample.anno_ids}: {error} ({frame_path(self.root, self.split, sample.video, frame)})"
+                                     ) from error
+            masks.append(mask)
+        return np.stack(masks).astype(np.float32)
 
 
 def build(split: str, args: argparse.Namespace) -> MevisDataset:

@@ -253,9 +253,8 @@ class ReferringVideoDataset(Dataset):
         indices = sample_clip_frames(first.anchor, len(first.frames), self.num_frames, rng.python,
                                      always_local=self.always_local_sampling)
         frames = [self._read_frame(first, first.frames[index]) for index in indices]
-        masks = [self._read_mask(sample, first.frames[index], frame)
-                 for sample in samples for index, frame in zip(indices, frames)]
-        masks_t = torch.from_numpy(np.stack(masks))  # [R*T, H, W] float32
+        masks = [self._read_masks(samples, first.frames[index], frame) for index, frame in zip(indices, frames)]
+        masks_t = torch.from_numpy(np.stack(masks, axis=1).reshape(-1, *masks[0].shape[1:]))  # [R*T, H, W] float32
         boxes = masks_to_boxes(masks_t)  # [R*T, 4] inclusive pixel xyxy, zeros where absent
         height, width = masks_t.shape[-2:]
         boxes[:, 0::2].clamp_(min=0, max=width)
@@ -282,8 +281,10 @@ class ReferringVideoDataset(Dataset):
         except OSError as error:  # FileNotFoundError included
             raise BadSampleError(f"video {sample.video}, frame {frame}: {error}") from error
 
-    def _read_mask(self, sample: ClipSample, frame: str, image: Image.Image) -> np.ndarray:
-        """The referred object's float ``[H, W]`` mask (1 on the object) in ``frame`` (read as ``image``)."""
+    def _read_masks(self, samples: Sequence[ClipSample], frame: str, image: Image.Image) -> np.ndarray:
+        """The referred objects' float ``[R, H, W]`` masks (1 on the object) in ``frame`` (read as ``image``) of
+        the samples' video, from one read of the frame's annotation."""
+        sample = samples[0]
         mask_path = self.root / self.split / ANNOTATIONS_DIR / sample.video / f"{frame}{ANNOTATION_SUFFIX}"
         where = f"video {sample.video}, frame {frame}"
         try:
@@ -294,7 +295,7 @@ class ReferringVideoDataset(Dataset):
             raise BadSampleError(f"{where}: annotation {mask_path} is {annotation.shape[0]}x{annotation.shape[1]} "
                                  f"but frame {frame_path(self.root, self.split, sample.video, frame)} is "
                                  f"{image.height}x{image.width}")
-        return (annotation == sample.obj_id).astype(np.float32)
+        return np.stack([annotation == s.obj_id for s in samples]).astype(np.float32)
 
 
 def split_group_target(target: dict, num_frames: int) -> list[dict]:

@@ -81,9 +81,8 @@ on one thread, two at a time; about ±3 between runs):
   against 22 min 32 s for the whole quick start (the first pair); ``--expressions_per_clip 3`` in
   batches of 4: 56.5 in 18 min 03 s.
 * then 1250 training videos of 2 frames (the recipe) instead of 250 of 10, the same number of
-  samples: 60.5 and 61.2 (``--seed 1``) against 58.0 and 59.8; 500 videos of 5 frames: 60.1 (these
-  three with the text encoder of the 250-video data). The recipe itself, with its own text encoder,
-  on two threads alone from a fresh clone: 59.1 in 11 min 44 s (13 min 22 s with the installation).
+  samples: 59.1 on two threads alone from a fresh clone, in 11 min 44 s (13 min 22 s with the
+  installation), against the 58.0 and 59.8 above (one thread, two runs at a time).
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def untransformed(root, num_frames: int, skip_bad_samples: bool = False) -> Mevi
 
 def read_mask(dataset, sample, frame):
     """The float mask of ``sample``'s objects in ``frame``, as loading a clip reads it."""
-    return dataset._read_mask(sample, frame, dataset._read_frame(sample, frame))
+    return dataset._read_masks([sample], frame, dataset._read_frame(sample, frame))[0]
 
 
 def expected_box(mask: np.ndarray) -> list[float]:

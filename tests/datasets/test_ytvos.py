@@ -83,7 +83,7 @@ def test_mask_matches_object_rectangle_without_augmentation(root):
     dataset = build_dataset("ytvos", "train", make_args(root))
     sample = dataset.samples[0]
     image = dataset._read_frame(sample, sample.frames[1])
-    mask = dataset._read_mask(sample, sample.frames[1], image)
+    mask = dataset._read_masks([sample], sample.frames[1], image)[0]
     x0, y0, x1, y1 = object_box(0, 1, 1, H, W)
     assert image.size == (W, H) and mask.sum() == (x1 - x0 + 1) * (y1 - y0 + 1) and mask[y0, x0] == 1
 

@@ -776,6 +776,11 @@ def split_statistics(scenes: list[VideoScene]) -> SplitStatistics:
     return stats
 
 
+def _split_frames(split: str, num_frames: int, train_frames: int | None) -> int:
+    """Frames per video of ``split``: ``train_frames`` for the training split when given, else ``num_frames``."""
+    return train_frames if split == "train" and train_frames is not None else num_frames
+
+
 def write_dataset(output: str | Path, *, seed: int, num_train_videos: int, num_valid_videos: int, num_frames: int,
                   height: int, width: int, expressions_per_object: int,
                   train_frames: int | None = None) -> dict[str, SplitStatistics]:
@@ -789,8 +794,8 @@ def write_dataset(output: str | Path, *, seed: int, num_train_videos: int, num_v
     palette = davis_palette()
     statistics = {}
     for split, num_videos in zip(SPLITS, (num_train_videos, num_valid_videos)):
-        frames = train_frames if split == "train" and train_frames is not None else num_frames
-        scenes = generate_split(seed, split, num_videos, height=height, width=width, num_frames=frames,
+        scenes = generate_split(seed, split, num_videos, height=height, width=width,
+                                num_frames=_split_frames(split, num_frames, train_frames),
                                 expressions_per_object=expressions_per_object)
         for scene in scenes:
             write_video(scene, output / split, palette)
@@ -843,8 +848,8 @@ def write_mevis_dataset(output: str | Path, *, seed: int, num_train_videos: int,
     output = Path(output)
     statistics = {}
     for split, num_videos in zip(MEVIS_SPLITS, (num_train_videos, num_valid_videos, num_valid_videos)):
-        frames = train_frames if split == "train" and train_frames is not None else num_frames
-        videos = generate_mevis_split(seed, split, num_videos, height=height, width=width, num_frames=frames,
+        videos = generate_mevis_split(seed, split, num_videos, height=height, width=width,
+                                      num_frames=_split_frames(split, num_frames, train_frames),
                                       expressions_per_object=expressions_per_object)
         with_masks = split in MEVIS_SPLITS_WITH_MASKS
         entries, mask_dict = {}, {}
