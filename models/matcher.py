@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from models.dynamic_mask_head import MASK_FEAT_STRIDE
 from models.losses import focal_class_cost, pairwise_dice_coefficient, pairwise_sigmoid_focal_cost
 from opts import MASK_OUT_STRIDES
 from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
@@ -51,14 +52,27 @@ def check_targets(outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, 
                              f"{tuple(target['boxes'].shape)} and {tuple(target['masks'].shape)}")
 
 
+def target_sample_offset(stride: int) -> int:
+    """The first input pixel sampled for the ground truth on the stride-``stride`` grid of ``pred_masks``.
+
+    On the mask head's own grid (stride 4) the original samples pixel 4i + 2 for logit i. The
+    criterion's ``aligned_bilinear`` upsampling by f = 4 / stride puts logit i on point f·i + f // 2
+    of the finer grid, so that grid must start at 4i + 2 − stride·(f·i + f // 2) = 2 − stride·(f // 2)
+    for every logit to stay on its pixel: 2 at stride 4, 0 at strides 2 and 1 (at stride 2 the cell
+    centre, 1, would put every upsampled logit one pixel right of and below its own).
+    """
+    return MASK_FEAT_STRIDE // 2 - stride * (MASK_FEAT_STRIDE // stride // 2)
+
+
 def sample_target_masks(targets: Sequence[Mapping[str, Tensor]], pred_mask_size: Sequence[int]) -> Tensor:
     """GT masks zero-padded like the input batch and point-sampled on the prediction grid → ``[B, T, h, w]``.
 
     The masks are padded at the bottom/right to the batch's common size rounded up to a multiple
     of 32 (the padded input size). The ``h × w = pred_mask_size`` grid of ``pred_masks`` divides it
     by a stride s (4: the mask head's own grid; 2 or 1: masks upsampled by the criterion's
-    ``mask_out_stride``), and every s-th pixel from offset s // 2, the centre of each s × s cell, is
-    kept instead of resizing the mask. Same dtype as the input masks.
+    ``mask_out_stride``), and every s-th pixel is kept instead of resizing the mask, from the offset
+    that puts each predicted logit on the pixel it stands for (``target_sample_offset``). Same dtype
+    as the input masks.
     """
     padded, _ = nested_tensor_from_tensor_list([t["masks"] for t in targets], TRAIN_SIZE_DIVISIBILITY).decompose()
     padded_size = tuple(padded.shape[-2:])
@@ -68,7 +82,7 @@ def sample_target_masks(targets: Sequence[Mapping[str, Tensor]], pred_mask_size:
         raise ValueError(f"GT masks padded to {padded_size} do not map onto the {(height, width)} grid of pred_masks "
                          f"at any stride in {MASK_OUT_STRIDES}; the input batch must be padded to a multiple of "
                          f"{TRAIN_SIZE_DIVISIBILITY} and the masks be at the input size")
-    offset = stride // 2
+    offset = target_sample_offset(stride)
     return padded[:, :, offset::stride, offset::stride]  # [B, T, Hp/s, Wp/s]
 
 

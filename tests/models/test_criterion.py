@@ -9,7 +9,7 @@ import torch
 import models.criterion as criterion_module
 from models.criterion import SetCriterion
 from models.losses import dice_loss, sigmoid_focal_loss
-from models.matcher import HungarianMatcher
+from models.matcher import HungarianMatcher, sample_target_masks
 from tests.golden import assert_close_to_scale, load_case
 
 LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")
@@ -194,6 +194,31 @@ def test_mask_out_stride_upsamples_with_aligned_bilinear():
     assert build_criterion().at_mask_out_stride(outputs) is outputs
     with pytest.raises(ValueError, match="mask_out_stride must be one of"):
         build_criterion(mask_out_stride=3)
+
+@pytest.mark.parametrize("stride", [4, 2, 1])
+def test_upsampled_logits_meet_the_ground_truth_of_their_own_pixels(stride):
+    """Logit i of the stride-4 grid stands for input pixel 4i + 2 (the original's sampling of the ground
+    truth). At a finer --mask_out_stride, every point of the upsampled masks must still be compared with
+    the ground truth of the pixel its interpolated logit stands for: with "masks" holding each pixel's own
+    coordinates and logits holding those of their pixels, the two grids hold the same values."""
+    height, width = 32, 64
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
+                            indexing="ij")
+    targets = [{"masks": (xs + 1000 * ys)[None]}]  # one frame
+    logit_ys, logit_xs = torch.meshgrid(4 * torch.arange(height // 4) + 2.0, 4 * torch.arange(width // 4) + 2.0,
+                                        indexing="ij")
+    logits = (logit_xs + 1000 * logit_ys).to(torch.float64)[None, None, None]  # [B, T, Q, h, w]
+    upsampled = build_criterion(mask_out_stride=stride).at_mask_out_stride({"pred_masks": logits})["pred_masks"]
+    sampled = sample_target_masks(targets, upsampled.shape[-2:])  # [B, T, H/stride, W/stride]
+    assert upsampled.shape[-2:] == sampled.shape[-2:] == (height // stride, width // stride)
+    # linear interpolation reproduces the coordinates between the first and the last logit (it holds the
+    # last value beyond them)
+    inside_y = (sampled[0, 0] // 1000 >= 2) & (sampled[0, 0] // 1000 <= height - 2)
+    inside_x = (sampled[0, 0] % 1000 >= 2) & (sampled[0, 0] % 1000 <= width - 2)
+    inside = inside_y & inside_x
+    assert inside.float().mean() > 0.7
+    torch.testing.assert_close(upsampled[0, 0, 0][inside], sampled[0, 0][inside], rtol=0, atol=1e-9)
+
 
 def test_num_boxes_counts_valid_frames_and_is_at_least_one():
     _, targets = tiny_clip(valid=[1, 1])

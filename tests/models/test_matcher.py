@@ -257,13 +257,15 @@ def test_target_masks_are_padded_then_point_sampled():
 
 def test_target_masks_at_the_finer_strides_of_upsampled_masks():
     mask = torch.zeros(1, 40, 20, dtype=torch.bool)  # pads to 64 × 32
-    mask[0, 1, 3] = True  # on the stride-2 grid (2·0 + 1, 2·1 + 1), off the stride-4 grid
-    mask[0, 2, 2] = True  # on the stride-4 grid (4·0 + 2), off the stride-2 grid
+    # the stride-4 grid samples pixels 4i + 2, the stride-2 grid the even ones (target_sample_offset)
+    mask[0, 1, 3] = True  # odd: off both grids
+    mask[0, 2, 2] = True  # on the stride-4 grid (4·0 + 2) and the stride-2 grid (2·1)
+    mask[0, 4, 6] = True  # on the stride-2 grid (2·2, 2·3), off the stride-4 grid
     padded = torch.zeros(1, 1, 64, 32, dtype=torch.bool)
     padded[0, :, :40, :20] = mask
     assert torch.equal(sample_target_masks([{"masks": mask}], (64, 32)), padded)  # stride 1: every pixel
     stride_2 = sample_target_masks([{"masks": mask}], (32, 16))
-    assert stride_2.shape == (1, 1, 32, 16) and stride_2.sum() == 1 and stride_2[0, 0, 0, 1]
+    assert stride_2.shape == (1, 1, 32, 16) and stride_2.sum() == 2 and stride_2[0, 0, 1, 1] and stride_2[0, 0, 2, 3]
     stride_4 = sample_target_masks([{"masks": mask}], (16, 8))
     assert stride_4.sum() == 1 and stride_4[0, 0, 0, 0]
     for grid in ((48, 24), (21, 10), (32, 8)):  # stride 4/3, 3, and different strides along the two axes
