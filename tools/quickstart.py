@@ -33,7 +33,7 @@ transformer with 2 encoder and 6 decoder layers, one query per frame, 1-frame cl
 its video (``--expressions_per_clip 4``: a frame is loaded, augmented and run through the backbone
 once for all of them; 10-12 expressions per batch), without the photometric distortion (its
 channel swaps and hue shifts recolour the shapes the expressions name), one epoch (about 1370
-iterations), learning rates 2x the paper's (transformer and backbone, since everything starts from
+iterations), learning rates 3x the paper's (transformer and backbone, since everything starts from
 random weights), the mask losses on masks upsampled 2x (``--mask_out_stride 2``: the ground truth
 every 2 pixels instead of every 4), and the text encoder of ``train_text_encoder.py`` (pre-trained
 on the expressions) frozen.
@@ -162,7 +162,7 @@ QUICKSTART = Recipe(
            "--backbone", "resnet18", "--backbone_from_scratch", "--hidden_dim", "64", "--dim_feedforward", "256",
            "--enc_layers", "2", "--dec_layers", "6", "--num_queries", "1", "--mask_dim", "64", "--device", "cpu"),
     train=("--num_frames", "1", "--max_size", "96", "--batch_size", "3", "--expressions_per_clip", "4",
-           "--lr", "2e-4", "--lr_backbone", "1e-4", "--photometric_distort", "off", "--mask_out_stride", "2",
+           "--lr", "3e-4", "--lr_backbone", "1.5e-4", "--photometric_distort", "off", "--mask_out_stride", "2",
            "--num_workers", "0", "--print_freq", "100"),
     inference=("--short_side", "128"),
     epochs=1,
