@@ -105,7 +105,7 @@ def captions_per_clip(clip_index: Sequence[int], num_clips: int) -> list[int]:
     Raises:
         ValueError: the indices are out of order, skip a clip or name one that does not exist.
     """
-    counts = [0] * max(num_clips, 0)
+    counts = [0] * num_clips
     for previous, index in zip([0, *clip_index], clip_index):
         if not (0 <= index < num_clips and previous <= index):
             raise ValueError(f"clip_index of the targets must run through 0..{num_clips - 1} in order, got "
@@ -288,7 +288,9 @@ class ReferFormer(nn.Module):
         """
         if not isinstance(samples, NestedTensor):
             samples = nested_tensor_from_videos_list(samples)
-        b = samples.tensors.shape[0] if samples.tensors.ndim == 5 else -1
+        if samples.tensors.ndim != 5:
+            raise ValueError(f"expected clips [B, T, 3, H, W], got samples {tuple(samples.tensors.shape)}")
+        b = samples.tensors.shape[0]
         if len(captions) != len(targets):
             raise ValueError(f"expected a target per caption, got {len(captions)} captions and {len(targets)} targets")
         if targets and "clip_index" in targets[0]:
