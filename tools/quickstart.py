@@ -164,10 +164,10 @@ QUICKSTART = Recipe(
     text_encoder=("--seed", "0"),
     model=("--dataset_file", "ref_shapes", "--binary", "--with_box_refine", "--freeze_text_encoder",
            "--backbone", "resnet18", "--backbone_from_scratch", "--hidden_dim", "64", "--dim_feedforward", "256",
-           "--enc_layers", "2", "--dec_layers", "6", "--num_queries", "1", "--mask_dim", "64", "--device", "cpu"),
+           "--enc_layers", "2", "--dec_layers", "4", "--num_queries", "1", "--mask_dim", "64", "--device", "cpu"),
     train=("--num_frames", "1", "--max_size", "96", "--batch_size", "3", "--expressions_per_clip", "4",
-           "--lr", "3e-4", "--lr_backbone", "1.5e-4", "--photometric_distort", "off", "--mask_out_stride", "2",
-           "--num_workers", "0", "--print_freq", "100"),
+           "--lr", "4e-4", "--lr_backbone", "2e-4", "--dropout", "0", "--photometric_distort", "off",
+           "--mask_out_stride", "2", "--num_workers", "0", "--print_freq", "100"),
     inference=("--short_side", "128"),
     epochs=1,
 )
