@@ -25,8 +25,9 @@ Rows:
   random word); these four rows with the original's ``--mask_out_stride 4``;
 * ``... --mask_out_stride 2``: the mask losses on 2x-upsampled masks; these five rows with batches
   of 12 one-expression clips (``--expressions_per_clip 1``);
-* ``... --expressions_per_clip 4``: batches of 3 clips, each shared by up to 4 expressions (the
-  quick start's recipe): what ``main.py`` runs;
+* ``... --expressions_per_clip 4``: batches of 3 clips, each shared by up to 4 expressions; these
+  six rows with the quick start's earlier 6 decoder layers and dropout 0.1;
+* ``... 4 decoder layers, no dropout``: the quick start's recipe, what ``main.py`` runs;
 * ``... --amp``: bfloat16 autocast (n/a on CPUs without native bfloat16);
 * ``... a data-loader worker process``: ``--num_workers 1`` instead of loading in the main process;
 * ``... 4x threads``: four times as many compute threads as the process has CPUs, what a CPU quota
@@ -78,7 +79,9 @@ class Config:
     """``main.py`` flags that replace the quick start's."""
 
 
-ONE_EXPRESSION_PER_CLIP = ("--batch_size", "12", "--expressions_per_clip", "1")
+EARLIER_DECODER = ("--dec_layers", "6", "--dropout", "0.1")
+"""The quick start's decoder before it dropped to 4 layers without dropout."""
+ONE_EXPRESSION_PER_CLIP = ("--batch_size", "12", "--expressions_per_clip", "1", *EARLIER_DECODER)
 CONFIGS = (
     Config("before: per-parameter AdamW, embedding_bag core, nn.Dropout masks, --mask_out_stride 4", fused=False,
            msda_impl="pytorch", cpu_dropout=False, flags=("--mask_out_stride", "4", *ONE_EXPRESSION_PER_CLIP)),
@@ -89,12 +92,13 @@ CONFIGS = (
     Config("fused AdamW, auto core, CPU dropout masks, --mask_out_stride 4",
            flags=("--mask_out_stride", "4", *ONE_EXPRESSION_PER_CLIP)),
     Config("... --mask_out_stride 2, batches of 12 one-expression clips", flags=ONE_EXPRESSION_PER_CLIP),
-    Config("... --expressions_per_clip 4, batches of 3 clips (now)"),
+    Config("... --expressions_per_clip 4, batches of 3 clips", flags=EARLIER_DECODER),
+    Config("... 4 decoder layers, no dropout (now)"),
     Config("... --amp", amp=True),
     Config("... a data-loader worker process", num_workers=1),
     Config("... 4x threads", threads_per_cpu=4),
 )
-NOW = 5
+NOW = 6
 """The row of what ``main.py`` runs for the quick start; its forward is also timed per module."""
 # Modules whose children are timed one by one in the forward (the model's; the transformer's encoder and
 # decoder); the ModuleLists of per-layer heads are never called as a whole and fall into "other".
