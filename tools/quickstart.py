@@ -99,7 +99,7 @@ on one thread, two at a time; about ±3 between runs):
   instead of 1250: 60.0, in about the same time as the recipe.
 * on top of the 3x rates (one thread, two runs at a time, the recipe's data; 66.6 there): 4 decoder
   layers instead of 6 and no dropout in the transformer (``--dec_layers 4 --dropout 0``; iterations
-  7 % faster, 324 against 349 ms in one process taking turns, of which the dropout 1 %): 63.7; with
+  16 % faster in ``benchmarks/quickstart_train.py``, 358 against 427 ms): 63.7; with
   learning rates 4x the paper's as well (``--lr 4e-4 --lr_backbone 2e-4``, the recipe since then):
   67.8, and 64.9 with ``--seed 1``; from a fresh clone 67.1 (against 64.5 with the 3x rates), in
   11 min 39 s after the installation (training 607 s at 0.44 s per iteration, on a slower day than
