@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from datasets import build_dataset, build_evaluations
@@ -47,7 +46,7 @@ from models.pretrained import load_trained_model
 from util.checkpoint import (LATEST_CHECKPOINT, epoch_checkpoint_name, find_latest_checkpoint, load_checkpoint,
                              load_pretrained_weights, load_resnet_imagenet_weights, save_checkpoint,
                              torchvision_weights_file)
-from util.dist import DistributedInfo, barrier, init_distributed_mode
+from util.dist import DistributedInfo, barrier, broadcast_buffers, init_distributed_mode, wrap_data_parallel
 from util.amp import amp_settings
 from util.logger import MetricLogger, append_json_line, format_metrics, setup_logging
 from util.memory import reuse_freed_memory
@@ -196,7 +195,7 @@ def main(args: argparse.Namespace) -> dict[str, float] | None:
     model.to(device)
     model_without_ddp = model
     if dist_info.distributed:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = wrap_data_parallel(model, device)
     optimizer, lr_scheduler = build_optimizer(model_without_ddp, args)
     amp_dtype, grad_scaler = amp_settings(args.amp, device)
     n_parameters = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
@@ -265,6 +264,7 @@ def main(args: argparse.Namespace) -> dict[str, float] | None:
         save(epoch, None)
         test_stats = {}
         if evaluations:
+            broadcast_buffers(model_without_ddp)
             test_stats = run_evaluations(model_without_ddp, evaluations, device, amp_dtype)
             if main_process:
                 write_results(output_dir / f"eval_epoch{epoch:04}.json", test_stats)

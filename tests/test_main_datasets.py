@@ -121,21 +121,28 @@ def test_eval_needs_weights_and_an_evaluated_dataset(tmp_path, text_encoder_dir)
         run(tmp_path, text_encoder_dir, "--dataset_file", "joint")
 
 
+def torchrun(output_dir: Path, text_encoder: Path, *flags: str) -> None:
+    """``main.py`` with the tiny model as two gloo processes of one thread each."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "main.py",
+               *TINY_MODEL, "--text_encoder", str(text_encoder), "--output_dir", str(output_dir), *flags]
+    process = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                             text=True, timeout=300)
+    assert process.returncode == 0, process.stdout + process.stderr
+
+
 @pytest.mark.slow
 def test_two_process_evaluation_matches_one_process(tmp_path, coco_root, text_encoder_dir):
-    """3 val images per dataset on 2 processes: rank 0 evaluates 2, rank 1 one; gathered, nothing counts twice."""
-    trained = tmp_path / "trained"
-    run(trained, text_encoder_dir, "--dataset_file", "refcoco", "--binary", "--num_frames", "1", "--max_size", "64",
-        "--coco_path", str(coco_root), "--epochs", "1")
-    evaluation = ["--dataset_file", "refcoco", "--binary", "--num_frames", "1", "--coco_path", str(coco_root),
-                  "--eval", "--resume", str(trained / "checkpoint.pth")]
+    """3 val images per dataset on 2 processes: rank 0 evaluates 2, rank 1 one; gathered, nothing counts twice.
+
+    Trained on 2 processes with a BatchNorm backbone, whose running statistics each rank updates with its own
+    batches: the evaluation after the epoch scores the saved weights (rank 0's statistics) on both ranks."""
+    data = ["--dataset_file", "refcoco", "--binary", "--num_frames", "1", "--coco_path", str(coco_root)]
+    torchrun(tmp_path / "trained", text_encoder_dir, *data, "--max_size", "64", "--epochs", "1")
+    after_epoch = json.loads((tmp_path / "trained" / "eval_epoch0000.json").read_text())
+    evaluation = [*data, "--eval", "--resume", str(tmp_path / "trained" / "checkpoint.pth")]
     one = run(tmp_path / "one", text_encoder_dir, *evaluation)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command = [*torchrun, "main.py", *TINY_MODEL, "--text_encoder", str(text_encoder_dir), *evaluation,
-               "--output_dir", str(tmp_path / "two")]
-    process = subprocess.run(command, cwd=ROOT,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
-    assert process.returncode == 0, process.stdout + process.stderr
+    torchrun(tmp_path / "two", text_encoder_dir, *evaluation)
     two = json.loads((tmp_path / "two" / main_module.EVAL_FILE).read_text())
-    assert two.keys() == one.keys()
+    assert two.keys() == one.keys() == after_epoch.keys()
     assert all(abs(two[k] - one[k]) < 1e-6 for k in one), (one, two)
+    assert all(abs(after_epoch[k] - one[k]) < 1e-6 for k in one), (one, after_epoch)

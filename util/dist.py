@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 def is_dist_avail_and_initialized() -> bool:
@@ -34,6 +35,25 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_dist_avail_and_initialized():
         dist.all_reduce(tensor)
     return tensor
+
+
+def wrap_data_parallel(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    """``model`` as ``DistributedDataParallel`` on ``device`` (one GPU per process, or the CPU).
+
+    Buffers are not broadcast before every forward (on 2 CPU processes that costs about a tenth of the
+    quick start's iteration, ``benchmarks/quickstart_train.py``): in training BatchNorm normalises with
+    the batch's statistics, so only rank 0's running statistics matter, and they are the ones saved;
+    evaluate the other ranks after :func:`broadcast_buffers`.
+    """
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   forward_sync_buffers=False)
+
+
+def broadcast_buffers(module: torch.nn.Module, source: int = 0) -> None:
+    """Copy the buffers of ``module`` (BatchNorm statistics) from process ``source`` to every process."""
+    if is_dist_avail_and_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, source)
 
 
 def reduce_dict(values: dict[str, torch.Tensor], average: bool = True) -> dict[str, torch.Tensor]:
