@@ -190,6 +190,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              help="width of the feed-forward layers in the transformer blocks")
     transformer.add_argument("--hidden_dim", default=256, type=int, help="width of the transformer")
     transformer.add_argument("--dropout", default=0.1, type=float, help="dropout in the transformer")
+    transformer.add_argument("--fpn_dropout", default=0.1, type=float,
+                             help="dropout in the cross-modal FPN's vision-language blocks (fixed at 0.1 in the original)")
     transformer.add_argument("--nheads", default=8, type=int, help="attention heads in the transformer")
     transformer.add_argument("--num_frames", default=5, type=int, help="frames per training clip")
     transformer.add_argument("--num_queries", default=5, type=int,

@@ -88,6 +88,7 @@ def build_model(
         with_box_refine=args.with_box_refine,
         freeze_text_encoder=args.freeze_text_encoder,
         rel_coord=args.rel_coord,
+        fpn_dropout=args.fpn_dropout,
     )
     # what save_pretrained writes to config.json, so that the model is rebuilt without flags
     model.config = model_options(args)

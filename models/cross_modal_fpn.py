@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from models.dropout import Dropout
+from models.dropout import Dropout, explicit_attention
 from models.position_encoding import PositionEmbeddingSine1D
 from util.nested_tensor import NestedTensor
 
@@ -71,11 +71,10 @@ class VisionLanguageBlock(nn.Module):
 
     def _self_attention(self, visual: Tensor, visual_pos: Tensor, visual_mask: Tensor, t: int, h: int, w: int) -> Tensor:
         """Self-attention over all T·H·W pixels of a clip, on a nearest-downsampled grid if ``sr_ratio > 1``."""
-        # need_weights=self.training: in eval the fused attention kernel (SDPA) computes the same output
-        # without materialising the weights; training keeps the original's explicit path (dropout on the weights).
         q = k = visual + visual_pos
         if self.sr_ratio == 1:
-            return self.self_attn(q, k, value=visual, key_padding_mask=visual_mask, need_weights=self.training)[0]
+            return self.self_attn(q, k, value=visual, key_padding_mask=visual_mask,
+                                  need_weights=explicit_attention(self.self_attn))[0]
         b = visual.shape[1]
         size = (int(h / self.sr_ratio), int(w / self.sr_ratio))
         if min(size) == 0:
@@ -92,7 +91,8 @@ class VisionLanguageBlock(nn.Module):
         mask = F.interpolate(visual_mask.reshape(b * t, 1, h, w).float(), size=size, mode="nearest").bool()
         mask = mask.reshape(b, t * size[0] * size[1])  # [B, T*h'*w']
         q = k = downsample(q)
-        attended = self.self_attn(q, k, value=downsample(visual), key_padding_mask=mask, need_weights=self.training)[0]
+        attended = self.self_attn(q, k, value=downsample(visual), key_padding_mask=mask,
+                                   need_weights=explicit_attention(self.self_attn))[0]
         attended = rearrange(attended, "(t h w) b c -> (b t) c h w", t=t, h=size[0], w=size[1])
         attended = F.interpolate(attended, size=(h, w), mode="bilinear", align_corners=False)
         return rearrange(attended, "(b t) c h w -> (t h w) b c", t=t)
@@ -107,7 +107,8 @@ class VisionLanguageBlock(nn.Module):
     def attend_text(self, x: Tensor, text: Tensor, text_mask: Tensor, text_pos: Tensor, visual_pos: Tensor) -> Tensor:
         """Second half: cross-attention to the words and the FFN → ``[T*H*W, B, C]``."""
         attended = self.multihead_attn(
-            query=x + visual_pos, key=text + text_pos, value=text, key_padding_mask=text_mask, need_weights=self.training
+            query=x + visual_pos, key=text + text_pos, value=text, key_padding_mask=text_mask,
+            need_weights=explicit_attention(self.multihead_attn),
         )[0]
         x = self.norm2(x + self.dropout2(attended))
         # in-place ReLU: the FFN's hidden activation is the largest tensor of the block (T*H*W x 2048 at stride 4)
@@ -136,9 +137,11 @@ class CrossModalFPNDecoder(nn.Module):
     Args:
         feature_channels: input channels per scale, stride 4 first (``[C_res2, C, C, C]``).
         conv_dim: FPN width; mask_dim: output channels of ``mask_features``.
+        dropout: of the vision-language blocks (fixed at 0.1 in the original; ``--fpn_dropout``).
     """
 
-    def __init__(self, feature_channels: list[int], *, conv_dim: int, mask_dim: int, dim_feedforward: int = 2048):
+    def __init__(self, feature_channels: list[int], *, conv_dim: int, mask_dim: int, dim_feedforward: int = 2048,
+                 dropout: float = FPN_DROPOUT):
         super().__init__()
         for stage, in_channels in enumerate(feature_channels, start=1):
             adapter = ConvNormActivation(
@@ -156,7 +159,8 @@ class CrossModalFPNDecoder(nn.Module):
         c2_xavier_fill(self.mask_features)
         self.text_pos = PositionEmbeddingSine1D(conv_dim, normalize=True)
         for stage, sr_ratio in enumerate(SR_RATIOS[: len(feature_channels)], start=1):
-            block = VisionLanguageBlock(conv_dim, FPN_ATTENTION_HEADS, dim_feedforward=dim_feedforward, sr_ratio=sr_ratio)
+            block = VisionLanguageBlock(conv_dim, FPN_ATTENTION_HEADS, dim_feedforward=dim_feedforward, dropout=dropout,
+                                        sr_ratio=sr_ratio)
             for p in block.parameters():
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.dropout import Dropout
+from models.dropout import Dropout, explicit_attention
 from models.ms_deform_attn import MSDeformAttn
 
 INVERSE_SIGMOID_EPS = 1e-5
@@ -113,10 +113,9 @@ class DeformableTransformerDecoderLayer(nn.Module):
         self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, src: Tensor, spatial_shapes: Tensor,
         level_start_index: Tensor, padding_mask: Tensor,
     ) -> Tensor:
-        # need_weights=self.training: in eval the fused attention kernel (SDPA) computes the same output
-        # without materialising the weights; training keeps the original's explicit path (dropout on the weights).
         q = k = (tgt + query_pos).transpose(0, 1)  # [Q, N, C]
-        attended = self.self_attn(q, k, tgt.transpose(0, 1), need_weights=self.training)[0].transpose(0, 1)  # [N, Q, C]
+        attended = self.self_attn(q, k, tgt.transpose(0, 1), need_weights=explicit_attention(self.self_attn))[0]
+        attended = attended.transpose(0, 1)  # [N, Q, C]
         tgt = self.norm2(tgt + self.dropout2(attended))
         attended = self.cross_attn(
             tgt + query_pos, reference_points, src, spatial_shapes, level_start_index, padding_mask

@@ -36,3 +36,10 @@ class Dropout(nn.Dropout):
             return super().forward(x)
         scale = cpu_dropout_mask(x.shape, self.p).to(x.dtype).mul_(1 / (1 - self.p))
         return x * scale
+
+
+def explicit_attention(attention: nn.MultiheadAttention) -> bool:
+    """``need_weights`` for a call of ``attention``: True while training with dropout on the attention
+    weights, which keeps the original's explicit path and its random draws; otherwise the fused kernel
+    (``scaled_dot_product_attention``) computes the same output without materialising the weights."""
+    return attention.training and attention.dropout > 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from models.dropout import explicit_attention
+
 
 class VisionLanguageFusionModule(nn.Module):
     """``visual * CrossAttention(query=visual, key=words + word positions, value=words)``.
@@ -30,10 +32,8 @@ class VisionLanguageFusionModule(nn.Module):
         Returns:
             ``[T*H*W, B, C]``.
         """
-        # need_weights=self.training: in eval the fused attention kernel (SDPA) computes the same output
-        # without materialising the weights; training keeps the original's explicit path (dropout on the weights).
         attended = self.multihead_attn(
             query=visual, key=text_word_features + text_pos, value=text_word_features, key_padding_mask=text_mask,
-            need_weights=self.training,
+            need_weights=explicit_attention(self.multihead_attn),
         )[0]
         return visual * attended

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.backbone import Joiner, resize_mask
-from models.cross_modal_fpn import CrossModalFPNDecoder
+from models.cross_modal_fpn import FPN_DROPOUT, CrossModalFPNDecoder
 from models.deformable_transformer import DeformableTransformer, inverse_sigmoid
 from models.dynamic_mask_head import DynamicMaskHead
 from models.fusion import VisionLanguageFusionModule
@@ -142,6 +142,7 @@ class ReferFormer(nn.Module):
         num_queries: Q per frame.
         with_box_refine: iterative box refinement (all released models use it).
         freeze_text_encoder: text-encoder parameters get ``requires_grad=False``.
+        fpn_dropout: dropout of the cross-modal FPN's vision-language blocks (fixed at 0.1 in the original).
 
     ``models.build_model`` records the options the model was built with in ``config`` (a dict), which
     :meth:`save_pretrained` writes to ``config.json``.
@@ -165,6 +166,7 @@ class ReferFormer(nn.Module):
         with_box_refine: bool = True,
         freeze_text_encoder: bool = True,
         rel_coord: bool = True,
+        fpn_dropout: float = FPN_DROPOUT,
     ):
         super().__init__()
         if num_feature_levels != NUM_FEATURE_LEVELS:
@@ -227,7 +229,7 @@ class ReferFormer(nn.Module):
 
         feature_channels = [backbone.num_channels[0]] + 3 * [hidden_dim]
         self.pixel_decoder = CrossModalFPNDecoder(
-            feature_channels, conv_dim=hidden_dim, mask_dim=mask_dim, dim_feedforward=dim_feedforward
+            feature_channels, conv_dim=hidden_dim, mask_dim=mask_dim, dim_feedforward=dim_feedforward, dropout=fpn_dropout
         )
         self.mask_head = DynamicMaskHead(
             in_channels=mask_dim, dynamic_mask_channels=dynamic_mask_channels, num_layers=controller_layers,

@@ -66,3 +66,12 @@ def test_other_cases_are_nn_dropout(case, monkeypatch):
         assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
     else:
         assert Dropout(0.5).train()(x.to("meta")).device.type == "meta"
+
+
+def test_attention_takes_the_explicit_path_only_to_drop_weights():
+    from models.dropout import explicit_attention
+
+    attention = torch.nn.MultiheadAttention(8, 2, dropout=0.1)
+    assert explicit_attention(attention.train())
+    assert not explicit_attention(attention.eval())
+    assert not explicit_attention(torch.nn.MultiheadAttention(8, 2, dropout=0.0).train())

@@ -210,3 +210,46 @@ def test_input_smaller_than_the_fpn_reduction_is_rejected(tiny_model):
     clips = random_clips([(24, 24)], frames=1)
     with pytest.raises(ValueError, match="input too small"):
         model(clips, ["a dog"], targets_for(clips))
+
+
+def test_fpn_dropout_sets_the_cross_modal_fpn_alone():
+    """``--fpn_dropout`` (the original's fixed 0.1 by default) reaches every dropout of the FPN's
+    vision-language blocks and nothing else."""
+    from models.cross_modal_fpn import VisionLanguageBlock
+
+    def fpn_rates(model):
+        blocks = [m for m in model.pixel_decoder.modules() if isinstance(m, VisionLanguageBlock)]
+        return {m.p for b in blocks for m in b.modules() if isinstance(m, torch.nn.Dropout)} | {
+            m.dropout for b in blocks for m in b.modules() if isinstance(m, torch.nn.MultiheadAttention)}
+
+    assert fpn_rates(build_tiny_model()[0]) == {0.1}
+    model, _ = build_tiny_model(fpn_dropout=0.0)
+    assert fpn_rates(model) == {0.0}
+    assert model.transformer.decoder.layers[0].self_attn.dropout == 0.1
+
+
+@pytest.mark.parametrize("sr_ratio", [1, 2])
+def test_vision_language_block_without_dropout_trains_as_it_evaluates(sr_ratio):
+    """Without dropout a training forward takes the fused attention (no weights to drop) and computes
+    what evaluation does; with dropout each forward drops other elements."""
+    from models.cross_modal_fpn import VisionLanguageBlock
+
+    t, h, w, b, words = 2, 4, 6, 2, 5
+    generator = torch.Generator().manual_seed(0)
+    visual, visual_pos = torch.randn(2, t * h * w, b, 16, generator=generator)
+    text, text_pos = torch.randn(2, words, b, 16, generator=generator)
+    visual_mask = torch.zeros(b, t * h * w, dtype=torch.bool)
+    text_mask = torch.tensor([[False] * words, [False] * 3 + [True] * 2])
+    inputs = (visual, text, t, h, w, visual_mask, text_mask, text_pos, visual_pos)
+    for dropout in (0.0, 0.1):
+        torch.manual_seed(1)
+        block = VisionLanguageBlock(16, 4, dim_feedforward=32, dropout=dropout, sr_ratio=sr_ratio)
+        evaluated = block.eval()(*inputs)
+        block.train()
+        trained = [block(*inputs) for _ in range(2)]
+        if dropout == 0:
+            # both take scaled_dot_product_attention: bit-identical on the development machine
+            torch.testing.assert_close(trained[0], evaluated, rtol=1e-6, atol=1e-6)
+            assert torch.equal(trained[0], trained[1])
+        else:
+            assert not torch.equal(trained[0], trained[1])
