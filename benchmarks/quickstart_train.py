@@ -27,11 +27,18 @@ Rows:
   of 12 one-expression clips (``--expressions_per_clip 1``);
 * ``... --expressions_per_clip 4``: batches of 3 clips, each shared by up to 4 expressions; these
   six rows with the quick start's earlier 6 decoder layers and dropout 0.1;
-* ``... 4 decoder layers, no dropout``: the quick start's recipe, what ``main.py`` runs;
+* ``... 4 decoder layers, no dropout in the transformer``: these seven rows with the FPN's dropout
+  of 0.1 (the original's);
+* ``... no dropout in the cross-modal FPN``: ``--fpn_dropout 0``, the quick start's recipe, what
+  ``main.py`` runs; without dropout every attention takes PyTorch's fused kernel in training too;
 * ``... --amp``: bfloat16 autocast (n/a on CPUs without native bfloat16);
 * ``... a data-loader worker process``: ``--num_workers 1`` instead of loading in the main process;
 * ``... 4x threads``: four times as many compute threads as the process has CPUs, what a CPU quota
-  that PyTorch does not see causes (``util/threads.py`` prevents it).
+  that PyTorch does not see causes (``util/threads.py`` prevents it);
+* ``... 2 data-parallel processes``: ``main.py`` under ``torch.distributed.run --nproc_per_node 2``
+  (gloo), the CPUs shared as threads; an iteration trains on both processes' batches, so the time
+  per expression is what an epoch costs; the row before it with the buffers broadcast before every
+  forward, ``DistributedDataParallel``'s default (``util/dist.py:wrap_data_parallel`` turns it off).
 
     python benchmarks/quickstart_train.py --iterations 40
 """
@@ -40,6 +47,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing
 import statistics
 import subprocess
 import sys
@@ -47,12 +55,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from benchmarks.text_table import print_table  # noqa: E402
 from tools.quickstart import QUICKSTART  # noqa: E402
@@ -77,9 +87,21 @@ class Config:
     num_workers: int = 0
     flags: tuple[str, ...] = ()
     """``main.py`` flags that replace the quick start's."""
+    processes: int = 1
+    """Data-parallel processes (gloo, wrapped as ``main.py`` wraps the model under ``torchrun``), sharing the
+    CPUs as threads; the row times rank 0, whose iterations include waiting for the others."""
+    sync_buffers: bool = False
+    """With several processes: broadcast rank 0's buffers before every forward (``DistributedDataParallel``'s
+    default, which ``util/dist.py:wrap_data_parallel`` turns off)."""
+
+    def threads(self, cpus: int) -> int:
+        """Compute threads of each process."""
+        return max(1, cpus // self.processes) * self.threads_per_cpu
 
 
-EARLIER_DECODER = ("--dec_layers", "6", "--dropout", "0.1")
+FPN_DROPOUT = ("--fpn_dropout", "0.1")
+"""The cross-modal FPN's dropout before the quick start turned it off (the original's)."""
+EARLIER_DECODER = ("--dec_layers", "6", "--dropout", "0.1", *FPN_DROPOUT)
 """The quick start's decoder before it dropped to 4 layers without dropout."""
 ONE_EXPRESSION_PER_CLIP = ("--batch_size", "12", "--expressions_per_clip", "1", *EARLIER_DECODER)
 CONFIGS = (
@@ -93,12 +115,15 @@ CONFIGS = (
            flags=("--mask_out_stride", "4", *ONE_EXPRESSION_PER_CLIP)),
     Config("... --mask_out_stride 2, batches of 12 one-expression clips", flags=ONE_EXPRESSION_PER_CLIP),
     Config("... --expressions_per_clip 4, batches of 3 clips", flags=EARLIER_DECODER),
-    Config("... 4 decoder layers, no dropout (now)"),
+    Config("... 4 decoder layers, no dropout in the transformer", flags=FPN_DROPOUT),
+    Config("... no dropout in the cross-modal FPN (now)"),
     Config("... --amp", amp=True),
     Config("... a data-loader worker process", num_workers=1),
     Config("... 4x threads", threads_per_cpu=4),
+    Config("... 2 data-parallel processes, buffers broadcast before every forward", processes=2, sync_buffers=True),
+    Config("... 2 data-parallel processes", processes=2),
 )
-NOW = 6
+NOW = 7
 """The row of what ``main.py`` runs for the quick start; its forward is also timed per module."""
 # Modules whose children are timed one by one in the forward (the model's; the transformer's encoder and
 # decoder); the ModuleLists of per-layer heads are never called as a whole and fall into "other".
@@ -137,10 +162,29 @@ def time_modules(model: nn.Module, times: dict[str, list[float]]) -> None:
             module.register_forward_hook(after(full_name))
 
 
-def serve(data: Path, config: Config) -> None:
+def iteration_counts(rank: int, processes: int) -> Iterator[int]:
+    """The iterations to run next: read by rank 0 from stdin (one count per line) and sent to the other
+    ranks; it ends when stdin does."""
+    while True:
+        count = None
+        if rank == 0:
+            line = sys.stdin.readline()
+            count = int(line) if line.strip() else 0
+        if processes > 1:
+            shared = [count]
+            torch.distributed.broadcast_object_list(shared, 0)
+            count = shared[0]
+        if not count:
+            return
+        yield count
+
+
+def serve(data: Path, config: Config, rank: int = 0) -> None:
     """Child process: build the quick start's model, optimizer and loader, then for every line ``K`` read
     from stdin run K iterations and print their per-phase milliseconds as one JSON line (``{phase: [ms]}``,
-    and ``{"modules": {name: [ms per iteration]}}`` for the modules' forward times)."""
+    and ``{"modules": {name: [ms per iteration]}}`` for the modules' forward times). With several
+    ``config.processes``, rank 0 starts the others, which take their counts from it; it prints the
+    expressions of all ranks' batches."""
     from datasets import build_dataset
     from datasets.loader import build_train_loader, set_loader_epoch
     from engine import _to_float32, gradient_norm
@@ -148,16 +192,25 @@ def serve(data: Path, config: Config) -> None:
     from models.dropout import Dropout
     from opts import get_args_parser
     from util.amp import amp_settings, autocast
+    from util.dist import all_gather_object, wrap_data_parallel
     from util.memory import reuse_freed_memory
     from util.optim import build_optimizer
     from util.random_state import seed_everything
 
+    torch.set_num_threads(config.threads(cpu_budget()))
+    if config.processes > 1:
+        if rank == 0:
+            for other in range(1, config.processes):
+                multiprocessing.get_context("spawn").Process(target=serve, args=(data, config, other), daemon=True).start()
+        rendezvous = data / f"rendezvous-{CONFIGS.index(config)}"
+        torch.distributed.init_process_group("gloo", init_method=rendezvous.as_uri(), rank=rank,
+                                             world_size=config.processes)
     reuse_freed_memory()  # as main.py does
     flags = [*QUICKSTART.model, *QUICKSTART.train, "--text_encoder", str(data / "text_encoder"),
              "--ytvos_path", str(data), "--output_dir", str(data / "unused"), "--msda_impl", config.msda_impl,
              *config.flags]
     args = get_args_parser().parse_args(flags + (["--amp"] if config.amp else []))
-    seed_everything(args.seed)
+    seed_everything(args.seed + rank)
     model, criterion, _ = build_model(args)
     if not config.cpu_dropout:
         for module in model.modules():
@@ -170,9 +223,12 @@ def serve(data: Path, config: Config) -> None:
     device = torch.device("cpu")
     amp_dtype, _ = amp_settings(args.amp, device)
     loader = build_train_loader(build_dataset(args.dataset_file, "train", args), batch_size=args.batch_size,
-                                num_workers=config.num_workers, seed=args.seed)
+                                num_workers=config.num_workers, seed=args.seed, rank=rank, world_size=config.processes)
     weights = criterion.weight_dict
     model.train()
+    trained = model
+    if config.processes > 1:
+        trained = (DistributedDataParallel(model) if config.sync_buffers else wrap_data_parallel(model, device))
 
     def batches():
         for epoch in itertools.count():
@@ -182,11 +238,11 @@ def serve(data: Path, config: Config) -> None:
     stream = batches()
     calls: dict[str, list[float]] = {}
     time_modules(model, calls)
-    for line in sys.stdin:
+    for count in iteration_counts(rank, config.processes):
         times = {phase: [] for phase in PHASES}
         modules = {name: [] for name in calls}
         expressions = []
-        for _ in range(int(line)):
+        for _ in range(count):
             for name in calls:
                 calls[name].clear()
             clock = [time.perf_counter()]
@@ -194,7 +250,7 @@ def serve(data: Path, config: Config) -> None:
             expressions.append(len(targets))
             clock.append(time.perf_counter())
             with autocast(device, amp_dtype):
-                outputs = model(samples, [t["caption"] for t in targets], targets)
+                outputs = trained(samples, [t["caption"] for t in targets], targets)
             clock.append(time.perf_counter())
             losses = criterion(_to_float32(outputs), targets)
             loss = sum(losses[k] * weights[k] for k in losses if k in weights)
@@ -210,7 +266,11 @@ def serve(data: Path, config: Config) -> None:
                 times[phase].append(1000 * (end - begin))
             for name, durations in calls.items():
                 modules[name].append(sum(durations))
-        print(json.dumps({**times, "modules": modules, "expressions": expressions}), flush=True)
+        expressions = [sum(counts) for counts in zip(*all_gather_object(expressions))]
+        if rank == 0:
+            print(json.dumps({**times, "modules": modules, "expressions": expressions}), flush=True)
+    if config.processes > 1:
+        torch.distributed.destroy_process_group()
 
 
 def main() -> None:
@@ -223,9 +283,7 @@ def main() -> None:
     args = parser.parse_args()
     cpus = cpu_budget()
     if args.serve is not None:
-        config = CONFIGS[args.serve]
-        torch.set_num_threads(cpus * config.threads_per_cpu)
-        serve(Path(args.data), config)
+        serve(Path(args.data), CONFIGS[args.serve])
         return
 
     recipe = dict(zip(QUICKSTART.train[::2], QUICKSTART.train[1::2]))
@@ -275,7 +333,8 @@ def main() -> None:
         per_batch = statistics.mean(expressions[index])
         per_expression = total / per_batch
         baseline = baseline or per_expression
-        rows.append((config.name, str(cpus * config.threads_per_cpu), *(f"{statistics.median(phases[p]):.1f}" for p in PHASES),
+        threads = f"{config.processes}x{config.threads(cpus)}" if config.processes > 1 else str(config.threads(cpus))
+        rows.append((config.name, threads, *(f"{statistics.median(phases[p]):.1f}" for p in PHASES),
                      f"{total:.1f}", f"{per_batch:.1f}", f"{per_expression:.1f}", f"{per_expression / baseline:.2f}x"))
     print_table(header, rows)
     print("expressions: mean per batch (each a one-frame clip, or sharing one: --expressions_per_clip); "

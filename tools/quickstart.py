@@ -28,10 +28,10 @@ The data: 1250 training videos of 2 frames each (``--train_frames 2``; the model
 one-frame clips, so short videos show more scenes for the same number of samples) and the 24
 validation videos of 10 frames. The configuration: ResNet-18 trained from scratch (no ImageNet
 weights offline; with ``--backbone_from_scratch``: BatchNorm and every stage trained), a 64-wide
-transformer with 2 encoder and 4 decoder layers and no dropout, one query per frame, 1-frame clips of the
-128 × 128 videos resized to 96 × 96, in batches of 3 clips each shared by up to 4 expressions of
-its video (``--expressions_per_clip 4``: a frame is loaded, augmented and run through the backbone
-once for all of them; 10-12 expressions per batch), without the photometric distortion (its
+transformer with 2 encoder and 4 decoder layers, no dropout (in the transformer and the cross-modal
+FPN), one query per frame, 1-frame clips of the 128 × 128 videos resized to 96 × 96, in batches of
+3 clips each shared by up to 4 expressions of its video (``--expressions_per_clip 4``: a frame is
+loaded, augmented and run through the backbone once for all of them; 10-12 expressions per batch), without the photometric distortion (its
 channel swaps and hue shifts recolour the shapes the expressions name), one epoch (about 1370
 iterations), learning rates 4x the paper's (transformer and backbone, since everything starts from
 random weights), the mask losses on masks upsampled 2x (``--mask_out_stride 2``: the ground truth
@@ -177,7 +177,7 @@ QUICKSTART = Recipe(
            "--backbone", "resnet18", "--backbone_from_scratch", "--hidden_dim", "64", "--dim_feedforward", "256",
            "--enc_layers", "2", "--dec_layers", "4", "--num_queries", "1", "--mask_dim", "64", "--device", "cpu"),
     train=("--num_frames", "1", "--max_size", "96", "--batch_size", "3", "--expressions_per_clip", "4",
-           "--lr", "4e-4", "--lr_backbone", "2e-4", "--dropout", "0", "--photometric_distort", "off",
+           "--lr", "4e-4", "--lr_backbone", "2e-4", "--dropout", "0", "--fpn_dropout", "0", "--photometric_distort", "off",
            "--mask_out_stride", "2", "--num_workers", "0", "--print_freq", "100"),
     inference=("--short_side", "128"),
     epochs=1,
