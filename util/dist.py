@@ -40,10 +40,10 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def wrap_data_parallel(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
     """``model`` as ``DistributedDataParallel`` on ``device`` (one GPU per process, or the CPU).
 
-    Buffers are not broadcast before every forward (on 2 CPU processes that costs about a tenth of the
-    quick start's iteration, ``benchmarks/quickstart_train.py``): in training BatchNorm normalises with
-    the batch's statistics, so only rank 0's running statistics matter, and they are the ones saved;
-    evaluate the other ranks after :func:`broadcast_buffers`.
+    Buffers are not broadcast before every forward (on 2 CPU processes that costs 3 % of the quick
+    start's iteration, ``benchmarks/quickstart_train.py``; for a frozen BatchNorm it copies constants):
+    in training BatchNorm normalises with the batch's statistics, so only rank 0's running statistics
+    matter, and they are the ones saved; evaluate the other ranks after :func:`broadcast_buffers`.
     """
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    forward_sync_buffers=False)
