@@ -99,7 +99,8 @@ on one thread, two at a time; about ±3 between runs):
   instead of 1250: 60.0, in about the same time as the recipe.
 * on top of the 3x rates (one thread, two runs at a time, the recipe's data; 66.6 there): 4 decoder
   layers instead of 6 and no dropout in the transformer (``--dec_layers 4 --dropout 0``; iterations
-  16 % faster in ``benchmarks/quickstart_train.py``, 358 against 427 ms): 63.7; with
+  16 % faster in ``benchmarks/quickstart_train.py``, 358 against 427 ms, and 9 % in a later run, 289
+  against 318 ms): 63.7; with
   learning rates 4x the paper's as well (``--lr 4e-4 --lr_backbone 2e-4``, the recipe since then):
   67.8, and 64.9 with ``--seed 1``; from a fresh clone 67.1 (against 64.5 with the 3x rates), in
   11 min 39 s after the installation (training 607 s at 0.44 s per iteration, on a slower day than
@@ -108,6 +109,15 @@ on one thread, two at a time; about ±3 between runs):
   150 (10 s less): 63.5 and 65.3 (``--seed 1``); 625 videos for 2 epochs with the learning rates
   x0.1 for the second (``--lr_drop 1``, the same iterations): 66.9; 417 videos for 3 epochs, x0.1
   for the third: 65.7.
+* then no dropout in the cross-modal FPN either (``--fpn_dropout 0``, the recipe since then; the
+  original fixes it at 0.1), one thread, two runs at a time: 66.1, and 66.9 with ``--seed 1``
+  (against 67.8 and 64.9), with iterations 5 % faster in ``benchmarks/quickstart_train.py`` (275
+  against 289 ms): without dropout the attention trains with PyTorch's fused kernel.
+* not adopted: training as 2 data-parallel processes of one thread each (``main.py`` under
+  ``torch.distributed.run --nproc_per_node 2``; the epoch is 687 steps of 6 clips): 5-13 % less
+  time per expression than one process of two threads (``benchmarks/quickstart_train.py``, two
+  runs), for 65.7 and 65.3 (``--seed 1``) with the learning rates doubled for the doubled batch
+  (``--lr 8e-4 --lr_backbone 4e-4``), 62.8 with the recipe's and 61.1 tripled.
 """
 from __future__ import annotations
 
