@@ -228,7 +228,7 @@ def serve(data: Path, config: Config, rank: int = 0) -> None:
     model.train()
     trained = model
     if config.processes > 1:
-        trained = (DistributedDataParallel(model) if config.sync_buffers else wrap_data_parallel(model, device))
+        trained = DistributedDataParallel(model) if config.sync_buffers else wrap_data_parallel(model, device)
 
     def batches():
         for epoch in itertools.count():
