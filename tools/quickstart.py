@@ -1,6 +1,6 @@
 """The CPU quick start: the whole system, end to end, on a synthetic dataset (what ``make quickstart`` runs).
 
-    python tools/quickstart.py            # 10 to 12 minutes on 2 CPU cores; prints J&F (about 67) last
+    python tools/quickstart.py            # 8 to 11 minutes on 2 CPU cores; prints J&F (about 67) last
     python tools/quickstart.py --smoke    # a tiny run of every step (about a minute): checks the pipeline
 
 The full run uses ``data/ref-shapes`` and ``output/quickstart``, the smoke run ``data/ref-shapes-smoke``
