@@ -212,7 +212,7 @@ def test_input_smaller_than_the_fpn_reduction_is_rejected(tiny_model):
         model(clips, ["a dog"], targets_for(clips))
 
 
-def test_fpn_dropout_sets_the_cross_modal_fpn_alone():
+def test_fpn_dropout_sets_the_cross_modal_fpn_alone(tiny_model):
     """``--fpn_dropout`` (the original's fixed 0.1 by default) reaches every dropout of the FPN's
     vision-language blocks and nothing else."""
     from models.cross_modal_fpn import VisionLanguageBlock
@@ -222,7 +222,7 @@ def test_fpn_dropout_sets_the_cross_modal_fpn_alone():
         return {m.p for b in blocks for m in b.modules() if isinstance(m, torch.nn.Dropout)} | {
             m.dropout for b in blocks for m in b.modules() if isinstance(m, torch.nn.MultiheadAttention)}
 
-    assert fpn_rates(build_tiny_model()[0]) == {0.1}
+    assert fpn_rates(tiny_model[0]) == {0.1}
     model, _ = build_tiny_model(fpn_dropout=0.0)
     assert fpn_rates(model) == {0.0}
     assert model.transformer.decoder.layers[0].self_attn.dropout == 0.1
