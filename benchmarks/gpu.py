@@ -22,6 +22,13 @@ Sections (``--sections``, all by default):
   AdamW), float32 and ``--amp``, each in its own process, with the default core (auto).
 - ``inference``: one video (the model frames) with 4 expressions through ``VideoPredictor``
   (features reused, expressions batched, masks upsampled to 720x1280), per core implementation.
+- ``tune``: the Triton kernel's launch configurations (queries per program, warps per program;
+  ``CANDIDATE_CONFIGS`` of ``models/ms_deform_attn_triton.py``) at the core's encoder and decoder
+  shapes, value in float32 and in bfloat16: forward and backward alone, each candidate checked
+  against the reference core first. Ratios to the configuration in use (``LAUNCH_CONFIGS``); ends
+  with the fastest as a ``LAUNCH_CONFIGS`` table to paste (least time summed over both dtypes).
+  ``python tools/triton_registers.py --candidates`` shows what each candidate costs in registers.
+  Not in the default sections (about a minute, mostly compiling).
 
 Times are medians after one warm-up (the implementations take turns). Ratios: core, model and
 inference rows to the pytorch row of the same measure; the ``--amp`` training step to the float32
@@ -50,7 +57,12 @@ from benchmarks import msdeform_attn as core_bench  # noqa: E402
 from benchmarks import train_step as train_bench  # noqa: E402
 from models.ms_deform_attn import ms_deform_attn_core, set_core_impl  # noqa: E402
 
-SECTIONS = ("core", "model", "train", "inference")
+SECTIONS = ("core", "model", "train", "inference", "tune")
+DEFAULT_SECTIONS = ("core", "model", "train", "inference")
+# Largest difference of a launch candidate's output and gradients to the reference core's, relative
+# to each tensor's largest magnitude, above which the candidate is reported wrong and not chosen:
+# 100x the interpreter tests' float32 bound (1e-5) and 2x their bfloat16 one (1e-2).
+TUNE_TOLERANCE = {"fp32": 1e-3, "bf16": 2e-2}
 CAPTION = "a person riding a brown horse on the left"
 NUM_EXPRESSIONS = 4
 ORIGINAL_SIZE = (720, 1280)
@@ -121,12 +133,14 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
 
 
-def core_section(table: Table, impls: list[str], device: torch.device, repeat: int) -> dict:
+def core_section(table: Table, impls: list[str], device: torch.device, repeat: int,
+                 geometry: core_bench.Geometry) -> dict:
     """Core rows; returns the Triton core's largest differences to the reference (empty without Triton)."""
     for scenario in ("encoder", "decoder"):
-        results = core_bench.measure_core(scenario, impls, device, repeat)
+        results = core_bench.measure_core(scenario, impls, device, repeat, geometry=geometry)
         if "triton" in impls:
-            bf16 = core_bench.measure_core(scenario, ["triton"], device, repeat, value_dtype=torch.bfloat16)
+            bf16 = core_bench.measure_core(scenario, ["triton"], device, repeat, value_dtype=torch.bfloat16,
+                                           geometry=geometry)
             results["triton bf16"] = bf16["triton"]
         pytorch = results.get("pytorch")
         for key, measure in (("forward_ms", "forward"), ("forward_backward_ms", "forward+backward")):
@@ -136,18 +150,16 @@ def core_section(table: Table, impls: list[str], device: torch.device, repeat: i
                 table.add(f"core {scenario}", measure, impl, result[key], peak, baseline)
     if "triton" not in impls:
         return {}
-    value, shapes, locations, weights, grad = core_bench.make_inputs("encoder", device)
+    value, shapes, locations, weights, grad = core_bench.make_inputs("encoder", device, geometry=geometry)
     differences = {}
     for dtype_name, dtype in (("float32", torch.float32), ("bfloat16 value", torch.bfloat16)):
         # The reference runs on the same (rounded) values, upcast.
         rounded_value, rounded_grad = value.to(dtype), grad.to(dtype)
         inputs = {"triton": (rounded_value, rounded_grad), "reference": (rounded_value.float(), rounded_grad.float())}
-        outputs = {}
-        for impl, (impl_value, impl_grad) in inputs.items():
-            leaves = [t.clone().requires_grad_() for t in (impl_value, locations, weights)]
-            output = ms_deform_attn_core(leaves[0], shapes.tolist(), leaves[1], leaves[2], impl=impl)
-            output.backward(impl_grad)
-            outputs[impl] = [output.detach()] + [leaf.grad for leaf in leaves]
+        outputs = {
+            impl: run_core_with_grads(impl, impl_value, shapes.tolist(), locations, weights, impl_grad)
+            for impl, (impl_value, impl_grad) in inputs.items()
+        }
         names = ("output", "grad_value", "grad_sampling_locations", "grad_attention_weights")
         differences[dtype_name] = {
             name: relative_error(a, e) for name, a, e in zip(names, outputs["triton"], outputs["reference"])
@@ -243,11 +255,110 @@ def inference_section(table: Table, model, impls: list[str], device: torch.devic
     set_core_impl(model, "auto")
 
 
+def tune_section(table: Table, device: torch.device, repeat: int, geometry: core_bench.Geometry) -> dict:
+    """Tune rows; returns the time of every candidate, its differences to the reference and the fastest."""
+    from models import ms_deform_attn_triton as kernel
+
+    results: dict = {"candidates": {}, "wrong": [], "best": {}}
+    totals: dict = {}  # (pass, queries) -> {config: summed ms over the dtypes}
+    for scenario in ("encoder", "decoder"):
+        value, shapes, locations, weights, grad = core_bench.make_inputs(scenario, device, geometry=geometry)
+        shape_list = shapes.tolist()
+        queries = "few" if locations.shape[1] <= kernel.FEW_QUERIES else "many"
+        for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            low_value, low_grad = value.to(dtype), grad.to(dtype)
+            expected = run_core_with_grads("reference", low_value.float(), shape_list, locations, weights,
+                                           low_grad.float())
+            leaves = [t.clone().requires_grad_() for t in (low_value, locations, weights)]
+            output = ms_deform_attn_core(leaves[0], shape_list, leaves[1], leaves[2], impl="triton")
+            for pass_name in ("forward", "backward"):
+                key = (pass_name, queries)
+                in_use = kernel.LAUNCH_CONFIGS[key]
+
+                def step(config: kernel.LaunchConfig, pass_name: str = pass_name, key: tuple = key) -> None:
+                    kernel.LAUNCH_CONFIGS[key] = config
+                    try:
+                        if pass_name == "forward":
+                            with torch.no_grad():
+                                ms_deform_attn_core(low_value, shape_list, locations, weights, impl="triton")
+                        else:
+                            torch.autograd.grad(output, leaves, low_grad, retain_graph=True)
+                    finally:
+                        kernel.LAUNCH_CONFIGS[key] = in_use
+
+                correct = []
+                for config in dict.fromkeys([*kernel.CANDIDATE_CONFIGS, in_use]):
+                    name = f"{scenario} {dtype_name} {pass_name} {config_label(config)}"
+                    kernel.LAUNCH_CONFIGS[key] = config
+                    try:
+                        actual = run_core_with_grads("triton", low_value, shape_list, locations, weights, low_grad)
+                    except Exception as error:  # e.g. more shared memory or registers than the GPU has
+                        results["wrong"].append(f"{name}: {type(error).__name__}: {error}")
+                        continue
+                    finally:
+                        kernel.LAUNCH_CONFIGS[key] = in_use
+                    worst = max(relative_error(a, e) for a, e in zip(actual, expected))
+                    results["candidates"][name] = {"max_rel_diff": worst}
+                    if worst > TUNE_TOLERANCE[dtype_name]:
+                        results["wrong"].append(f"{name}: max|diff| / max|reference| {worst:.1e}")
+                    else:
+                        correct.append(config)
+                # The configuration in use is timed even if wrong (it is the baseline), but not chosen.
+                ran = f"{scenario} {dtype_name} {pass_name} {config_label(in_use)}" in results["candidates"]
+                timed = [*correct, in_use] if ran and in_use not in correct else correct
+                seconds = core_bench.median_seconds(
+                    {config: (lambda config=config: step(config)) for config in timed}, device, repeat
+                )
+                baseline = {"ms": 1e3 * seconds[in_use], "peak_mib": None} if in_use in seconds else None
+                for config in timed:
+                    ms = 1e3 * seconds[config]
+                    label = config_label(config) + (" (in use)" if config == in_use else "")
+                    table.add(f"tune {scenario} {dtype_name}", pass_name, label, ms, None, baseline)
+                    results["candidates"].setdefault(f"{scenario} {dtype_name} {pass_name} {config_label(config)}",
+                                                     {})["ms"] = ms
+                    if config in correct:
+                        totals.setdefault(key, {}).setdefault(config, []).append(ms)
+    for (pass_name, queries), times in totals.items():
+        # Candidates wrong in one dtype have fewer times: only those timed in both compete.
+        complete = {config: sum(ms) for config, ms in times.items() if len(ms) == max(map(len, times.values()))}
+        fastest = min(complete, key=complete.get)
+        results["best"][f"{pass_name} {queries}"] = {"block_q": fastest.block_q, "num_warps": fastest.num_warps}
+    return results
+
+
+def config_label(config) -> str:
+    return f"BLOCK_Q {config.block_q}, {config.num_warps} warps"
+
+
+def run_core_with_grads(impl: str, value, shape_list, locations, weights, grad) -> list[torch.Tensor]:
+    """Output and the gradients of value, locations and weights of the core ``impl``."""
+    leaves = [t.clone().requires_grad_() for t in (value, locations, weights)]
+    output = ms_deform_attn_core(leaves[0], shape_list, leaves[1], leaves[2], impl=impl)
+    output.backward(grad)
+    return [output.detach()] + [leaf.grad for leaf in leaves]
+
+
+def print_best_configs(best: dict) -> None:
+    """The fastest configurations (``tune_section``'s ``best``) as the module's ``LAUNCH_CONFIGS`` table."""
+    from models.ms_deform_attn_triton import LAUNCH_CONFIGS, LaunchConfig
+
+    print("fastest launch configurations (least time summed over fp32 and bf16), as in models/ms_deform_attn_triton.py:")
+    print("LAUNCH_CONFIGS = {")
+    for key, in_use in LAUNCH_CONFIGS.items():
+        if " ".join(key) not in best:  # shapes with no launch of that kind
+            continue
+        config = LaunchConfig(**best[" ".join(key)])
+        note = "in use" if config == in_use else f"in use: {config_label(in_use)}"
+        print(f"    {key!r}: LaunchConfig(block_q={config.block_q}, num_warps={config.num_warps}),  # {note}")
+    print("}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda",
                         help="cuda[:i] (cpu: the same without Triton, for checking the script)")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS),
+                        help=f"default: {' '.join(DEFAULT_SECTIONS)}")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs of each core measurement")
     parser.add_argument("--model_repeat", type=int, default=5,
                         help="timed runs of each model and inference measurement")
@@ -255,6 +366,9 @@ def main() -> None:
     parser.add_argument("--model_frames", type=int, default=5, help="frames of the model and inference clip")
     parser.add_argument("--model_size", type=int, nargs=2, default=[360, 640], metavar=("H", "W"),
                         help="frame size of the model and inference clip")
+    parser.add_argument("--core_frames", type=int, default=5, help="frames of the core and tune sections' inputs")
+    parser.add_argument("--core_size", type=int, nargs=2, default=[360, 640], metavar=("H", "W"),
+                        help="image size of the core and tune sections' inputs (levels at strides 8 to 64)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -267,11 +381,12 @@ def main() -> None:
     env = environment(device)
     print("GPU benchmark: " + ", ".join(f"{k} {v}" for k, v in env.items()))
     impls = core_bench.runnable_impls(device)
+    geometry = core_bench.Geometry(frames=args.core_frames, image_size=tuple(args.core_size))
     table = Table()
     results: dict = {"environment": env, "impls": impls}
 
     if "core" in args.sections:
-        results["core_triton_vs_reference"] = core_section(table, impls, device, args.repeat)
+        results["core_triton_vs_reference"] = core_section(table, impls, device, args.repeat, geometry)
     size = tuple(args.model_size)
     if "model" in args.sections or "inference" in args.sections:
         model = build_model(device)
@@ -286,17 +401,26 @@ def main() -> None:
             torch.cuda.empty_cache()  # for the training-step processes
     if "train" in args.sections:
         train_section(table, device, args.train_iterations)
+    if "tune" in args.sections:
+        if "triton" in impls:
+            results["tune"] = tune_section(table, device, args.repeat, geometry)
+        else:
+            print("tune: not run, the Triton kernel cannot run here (see above)")
 
     print()
     table.print()
-    print("ratios: core, model and inference rows to the pytorch row of the same measure; train step to fp32. "
-          "Core peak: above the inputs; other peaks: all allocated memory.")
+    print("ratios: core, model and inference rows to the pytorch row of the same measure; train step to fp32; tune "
+          "rows to the configuration in use. Core peak: above the inputs; other peaks: all allocated memory.")
     for dtype_name, diffs in results.get("core_triton_vs_reference", {}).items():
         print(f"Triton core vs reference, encoder shapes, {dtype_name}, max|diff| / max|reference|: "
               + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
     for impl, diffs in results.get("model_output_vs_pytorch", {}).items():
         print(f"model outputs, {impl} vs pytorch core, max|diff| / max|pytorch|: "
               + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    if "tune" in results:
+        for wrong in results["tune"]["wrong"]:
+            print(f"tune: not chosen: {wrong} (tolerance {TUNE_TOLERANCE})")
+        print_best_configs(results["tune"]["best"])
     results["rows"] = table.rows
     results["seconds"] = time.perf_counter() - start
     print(f"total {results['seconds']:.0f} s")

@@ -40,6 +40,7 @@ works, whatever imported this module first.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -50,10 +51,42 @@ from torch.autograd.function import once_differentiable
 
 from models.ms_deform_attn import TRITON_DTYPES
 
-# Launch configuration. Not yet tuned on a GPU (benchmarks/gpu.py measures the core): queries per
-# program and warps per program.
-BLOCK_Q = 64
-NUM_WARPS = 4
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """Queries per program (``BLOCK_Q``, a power of two) and warps per program of one kernel launch."""
+
+    block_q: int
+    num_warps: int
+
+
+# Launches with at most this many queries use the "few" configurations: the decoder's (one query per
+# object query and frame), where a block of 64 queries would leave most lanes masked. More queries
+# (the encoder's, one per pixel of every level) use the "many" ones.
+FEW_QUERIES = 16
+# Launch configuration of each pass, by number of queries. Not yet timed on a GPU: `python
+# benchmarks/gpu.py --sections tune` times the candidates and prints the best as this table. Each
+# entry compiles for sm_90 without spilling registers (`python tools/triton_registers.py`, and tests).
+LAUNCH_CONFIGS = {
+    ("forward", "many"): LaunchConfig(block_q=64, num_warps=4),
+    ("backward", "many"): LaunchConfig(block_q=64, num_warps=4),
+    ("forward", "few"): LaunchConfig(block_q=16, num_warps=4),
+    ("backward", "few"): LaunchConfig(block_q=16, num_warps=4),
+}
+
+# What `benchmarks/gpu.py --sections tune` times: 4 to 32 elements per thread of a [BLOCK_Q, 32]
+# tile (fewer leave threads without a whole 128-bit load; more spill registers in the backward).
+CANDIDATE_CONFIGS = tuple(
+    LaunchConfig(block_q, num_warps)
+    for block_q in (16, 32, 64, 128)
+    for num_warps in (1, 2, 4, 8)
+    if 4 <= block_q // num_warps <= 32
+)
+
+
+def launch_config(backward: bool, num_queries: int) -> LaunchConfig:
+    """The entry of :data:`LAUNCH_CONFIGS` for a forward or backward launch with ``num_queries`` queries."""
+    return LAUNCH_CONFIGS[("backward" if backward else "forward", "few" if num_queries <= FEW_QUERIES else "many")]
 
 
 def interpreter_enabled() -> bool:
@@ -198,6 +231,38 @@ def _kernel(interpret: bool) -> triton.runtime.KernelInterface:
     return triton.jit(_msda_kernel)
 
 
+def launch_arguments(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_starts: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    output_or_grad: Tensor,
+    grads: tuple[Tensor, Tensor, Tensor] | None,
+    config: LaunchConfig | None = None,
+) -> tuple[tuple[int], tuple, dict]:
+    """The grid, positional and keyword arguments of the kernel for a forward (``grads`` None) or
+    backward launch (see :func:`_launch`), with ``config`` or else :func:`launch_config`'s."""
+    n, s, m, d = value.shape
+    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
+    compute_dtype = tl.float64 if value.dtype == torch.float64 else tl.float32
+    config = config or launch_config(grads is not None, lq)
+    grid = (triton.cdiv(lq, config.block_q) * m * n,)
+    grad_value, grad_loc, grad_attn = grads if grads is not None else (value, sampling_locations, attention_weights)
+    args = (
+        value, spatial_shapes, level_starts, sampling_locations, attention_weights, output_or_grad,
+        grad_value, grad_loc, grad_attn,
+        s, lq, m, d,
+        *value.stride(), *sampling_locations.stride(), *attention_weights.stride(), *output_or_grad.stride(),
+    )  # fmt: skip
+    kwargs = dict(
+        NUM_LEVELS=num_levels, NUM_POINTS=num_points, COMPUTE_DTYPE=compute_dtype,
+        BLOCK_Q=config.block_q, BLOCK_D=triton.next_power_of_2(d), BACKWARD=grads is not None,
+        num_warps=config.num_warps,
+    )  # fmt: skip
+    return grid, args, kwargs
+
+
 def _launch(
     value: Tensor,
     spatial_shapes: Tensor,
@@ -209,22 +274,12 @@ def _launch(
 ) -> None:
     """Run the forward (``grads`` None: writes ``output_or_grad``) or the backward (reads the output
     gradient ``output_or_grad``, accumulates/writes ``grads = (grad_value, grad_loc, grad_attn)``)."""
-    n, s, m, d = value.shape
-    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    compute_dtype = tl.float64 if value.dtype == torch.float64 else tl.float32
-    grid = (triton.cdiv(lq, BLOCK_Q) * m * n,)
+    grid, args, kwargs = launch_arguments(
+        value, spatial_shapes, level_starts, sampling_locations, attention_weights, output_or_grad, grads
+    )
     if grid[0] == 0:  # no queries: nothing to write, and Triton rejects an empty grid
         return
-    grad_value, grad_loc, grad_attn = grads if grads is not None else (value, sampling_locations, attention_weights)
-    _kernel(interpreter_enabled())[grid](
-        value, spatial_shapes, level_starts, sampling_locations, attention_weights, output_or_grad,
-        grad_value, grad_loc, grad_attn,
-        s, lq, m, d,
-        *value.stride(), *sampling_locations.stride(), *attention_weights.stride(), *output_or_grad.stride(),
-        NUM_LEVELS=num_levels, NUM_POINTS=num_points, COMPUTE_DTYPE=compute_dtype,
-        BLOCK_Q=BLOCK_Q, BLOCK_D=triton.next_power_of_2(d), BACKWARD=grads is not None,
-        num_warps=NUM_WARPS,
-    )  # fmt: skip
+    _kernel(interpreter_enabled())[grid](*args, **kwargs)
 
 
 @functools.lru_cache(maxsize=64)

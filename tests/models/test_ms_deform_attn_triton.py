@@ -42,34 +42,50 @@ def test_triton_kernels_under_the_interpreter() -> None:
     )
 
 
-@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
-@pytest.mark.parametrize("value_dtype", ["fp32", "bf16"])
-def test_triton_kernel_compiles_for_hopper(value_dtype: str, backward: bool, monkeypatch) -> None:
-    """The interpreter does not compile: compile the kernel as the GPU would (Triton IR to PTX to
-    cubin for sm_90, no GPU needed), at the model's shapes, as launched."""
-    triton = pytest.importorskip("triton", reason="Triton is not installed")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+# The entries of the Triton core's LAUNCH_CONFIGS (its module imports Triton: read it in the tests).
+LAUNCH_KEYS = [(pass_name, queries) for pass_name in ("forward", "backward") for queries in ("many", "few")]
 
-    from models.ms_deform_attn_triton import BLOCK_Q, NUM_WARPS, _msda_kernel, interpreter_enabled
 
-    # Triton reads the variable when a kernel is built: without it, triton.jit builds a compiled kernel
-    # even where the tests run under TRITON_INTERPRET=1.
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert not interpreter_enabled()
-    kernel = triton.jit(_msda_kernel)
-    constexprs = {"NUM_LEVELS": 4, "NUM_POINTS": 4, "COMPUTE_DTYPE": triton.language.float32, "BLOCK_Q": BLOCK_Q,
-                  "BLOCK_D": 32, "BACKWARD": backward}
-    pointee = {"value_ptr": value_dtype, "out_ptr": value_dtype, "shapes_ptr": "i32", "starts_ptr": "i32"}
-    signature = {
-        name: "constexpr" if name in constexprs else "*" + pointee.get(name, "fp32") if name.endswith("_ptr") else "i32"
-        for name in kernel.arg_names
-    }
-    source = ASTSource(kernel, signature, {(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": NUM_WARPS})
+@pytest.mark.parametrize("key", LAUNCH_KEYS, ids=lambda key: "-".join(key))
+@pytest.mark.parametrize("value_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_kernel_compiles_for_hopper_without_spilling(key: tuple[str, str], value_dtype: torch.dtype) -> None:
+    """The interpreter does not compile: compile the kernel as a launch at the model's shapes would
+    (Triton IR to PTX to cubin for sm_90, no GPU needed), with each launch configuration in use, and
+    read the cubin's resources: no register spilled (no stack frame)."""
+    pytest.importorskip("triton", reason="Triton is not installed")
+    from models.ms_deform_attn_triton import LAUNCH_CONFIGS
+    from tools.triton_registers import compile_launch, resources
+
+    pass_name, queries = key
+    compiled = compile_launch(LAUNCH_CONFIGS[key], pass_name == "backward", value_dtype, queries, arch=90)
     ptx = compiled.asm["ptx"]
-    assert ".target sm_90a" in ptx and compiled.asm["cubin"]
-    assert ("atom.global" in ptx) == backward  # only the backward scatters, with atomic adds
+    assert ".target sm_90a" in ptx
+    assert ("atom.global" in ptx) == (pass_name == "backward")  # only the backward scatters, with atomic adds
+    usage = resources(compiled)
+    assert usage.stack_bytes == 0 and 0 < usage.registers <= 255, usage
+
+
+def test_launch_configuration_by_pass_and_queries() -> None:
+    """The decoder's few queries and the encoder's many get their own configurations; the grid
+    covers every query of every sample and head in blocks of the configuration's size."""
+    pytest.importorskip("triton", reason="Triton is not installed")
+    from models.ms_deform_attn_triton import FEW_QUERIES, LAUNCH_CONFIGS, launch_arguments
+
+    assert sorted(LAUNCH_CONFIGS) == sorted(LAUNCH_KEYS)
+
+    n, m, d, levels, points = 2, 3, 8, [(5, 6), (2, 3)], 2
+    s = sum(h * w for h, w in levels)
+    shapes, starts = torch.tensor(levels, dtype=torch.int32), torch.tensor([0, 30], dtype=torch.int32)
+    for lq, queries in ((1, "few"), (FEW_QUERIES, "few"), (FEW_QUERIES + 1, "many"), (500, "many")):
+        value, output = torch.zeros(n, s, m, d), torch.zeros(n, lq, m * d)
+        locations, weights = torch.zeros(n, lq, m, len(levels), points, 2), torch.zeros(n, lq, m, len(levels), points)
+        grads = (torch.zeros(value.shape), torch.zeros(locations.shape), torch.zeros(weights.shape))
+        for pass_name, pass_grads in (("forward", None), ("backward", grads)):
+            config = LAUNCH_CONFIGS[(pass_name, queries)]
+            grid, args, kwargs = launch_arguments(value, shapes, starts, locations, weights, output, pass_grads)
+            assert (kwargs["BLOCK_Q"], kwargs["num_warps"]) == (config.block_q, config.num_warps)
+            assert grid == (-(-lq // config.block_q) * m * n,)
+            assert kwargs["BACKWARD"] == (pass_grads is not None) and args[10] == lq
 
 
 # The selection rule. The Triton kernel is not needed for these: availability and the GPU are

@@ -9,7 +9,8 @@ first. ``test_ms_deform_attn_triton.py`` runs this file in a child pytest with
     python -m pytest -q tests/models/triton_interpreter_cases.py
 
 Interpreted kernels are slow (about 20 ms per program, level and point, forward and backward
-together): the shapes are small and the programs (samples x heads x blocks of 64 queries) few.
+together): the shapes are small and the programs (samples x heads x blocks of queries, see the
+launch configurations) few.
 """
 from __future__ import annotations
 
@@ -21,7 +22,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from models.ms_deform_attn import MSDeformAttn, ms_deform_attn_core, ms_deform_attn_core_pytorch  # noqa: E402
-from models.ms_deform_attn_triton import ms_deform_attn_core_triton  # noqa: E402
+from models.ms_deform_attn_triton import (  # noqa: E402
+    CANDIDATE_CONFIGS,
+    LAUNCH_CONFIGS,
+    LaunchConfig,
+    ms_deform_attn_core_triton,
+)
 from tests.golden import assert_close_to_scale  # noqa: E402
 from tests.models.test_ms_deform_attn import random_core_inputs, run_core, small_inputs  # noqa: E402
 
@@ -76,6 +82,15 @@ def test_triton_core_matches_reference_float64(shapes, n, lq, m, d, p) -> None:
 )
 def test_triton_core_matches_reference_float32(shapes, n, lq, m, d, p) -> None:
     assert_matches_reference(shapes, n, lq, m, d, p, torch.float32, FLOAT32_REL, seed=lq)
+
+
+@pytest.mark.parametrize("block_q", sorted({config.block_q for config in CANDIDATE_CONFIGS}))
+def test_triton_core_any_candidate_block_of_queries(block_q: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every block size benchmarks/gpu.py may choose, in both passes, gives the reference's results
+    (70 queries: several blocks and a partial last one for each)."""
+    for key, config in list(LAUNCH_CONFIGS.items()):
+        monkeypatch.setitem(LAUNCH_CONFIGS, key, LaunchConfig(block_q, config.num_warps))
+    assert_matches_reference([(4, 6), (2, 3)], 1, 70, 2, 8, 1, torch.float64, FLOAT64_REL, seed=block_q)
 
 
 def test_triton_core_borders_and_outside() -> None:
