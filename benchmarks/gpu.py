@@ -24,11 +24,12 @@ Sections (``--sections``, all by default):
   (features reused, expressions batched, masks upsampled to 720x1280), per core implementation.
 - ``tune``: the Triton kernel's launch configurations (queries per program, warps per program;
   ``CANDIDATE_CONFIGS`` of ``models/ms_deform_attn_triton.py``) at the core's encoder and decoder
-  shapes, value in float32 and in bfloat16: forward and backward alone, each candidate checked
-  against the reference core first. Ratios to the configuration in use (``LAUNCH_CONFIGS``); ends
-  with the fastest as a ``LAUNCH_CONFIGS`` table to paste (least time summed over both dtypes).
-  ``python tools/triton_registers.py --candidates`` shows what each candidate costs in registers.
-  Not in the default sections (about a minute, mostly compiling).
+  shapes, value in float32 and in what ``--amp`` gives the kernel (bfloat16; float16 on GPUs older
+  than compute capability 8.0): forward and backward alone, each candidate checked against the
+  reference core first. Ratios to the configuration in use on this GPU's generation
+  (``LAUNCH_CONFIGS``); ends with the fastest as entries of that table (least time summed over the
+  two dtypes). ``python tools/triton_registers.py --candidates`` shows what each candidate costs in
+  registers. Not in the default sections (about a minute, mostly compiling).
 
 Times are medians after one warm-up (the implementations take turns). Ratios: core, model and
 inference rows to the pytorch row of the same measure; the ``--amp`` training step to the float32
@@ -61,8 +62,8 @@ SECTIONS = ("core", "model", "train", "inference", "tune")
 DEFAULT_SECTIONS = ("core", "model", "train", "inference")
 # Largest difference of a launch candidate's output and gradients to the reference core's, relative
 # to each tensor's largest magnitude, above which the candidate is reported wrong and not chosen:
-# 100x the interpreter tests' float32 bound (1e-5) and 2x their bfloat16 one (1e-2).
-TUNE_TOLERANCE = {"fp32": 1e-3, "bf16": 2e-2}
+# 100x the interpreter tests' float32 bound (1e-5), 2x their bfloat16 and float16 ones (1e-2, 1e-3).
+TUNE_TOLERANCE = {"fp32": 1e-3, "bf16": 2e-2, "fp16": 2e-3}
 CAPTION = "a person riding a brown horse on the left"
 NUM_EXPRESSIONS = 4
 ORIGINAL_SIZE = (720, 1280)
@@ -259,20 +260,24 @@ def tune_section(table: Table, device: torch.device, repeat: int, geometry: core
     """Tune rows; returns the time of every candidate, its differences to the reference and the fastest."""
     from models import ms_deform_attn_triton as kernel
 
-    results: dict = {"candidates": {}, "wrong": [], "best": {}}
-    totals: dict = {}  # (pass, queries) -> {config: summed ms over the dtypes}
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    gpu = kernel.generation(capability)
+    # float32, and what --amp gives the kernel: bfloat16, or float16 where the GPU has no bfloat16.
+    low = ("fp16", torch.float16) if capability is not None and capability < (8, 0) else ("bf16", torch.bfloat16)
+    results: dict = {"generation": gpu, "candidates": {}, "wrong": [], "best": {}}
+    totals: dict = {}  # LAUNCH_CONFIGS key -> {config: [ms per dtype]}
     for scenario in ("encoder", "decoder"):
         value, shapes, locations, weights, grad = core_bench.make_inputs(scenario, device, geometry=geometry)
         shape_list = shapes.tolist()
         queries = "few" if locations.shape[1] <= kernel.FEW_QUERIES else "many"
-        for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        for dtype_name, dtype in (("fp32", torch.float32), low):
             low_value, low_grad = value.to(dtype), grad.to(dtype)
             expected = run_core_with_grads("reference", low_value.float(), shape_list, locations, weights,
                                            low_grad.float())
             leaves = [t.clone().requires_grad_() for t in (low_value, locations, weights)]
             output = ms_deform_attn_core(leaves[0], shape_list, leaves[1], leaves[2], impl="triton")
             for pass_name in ("forward", "backward"):
-                key = (pass_name, queries)
+                key = (gpu, pass_name, queries)
                 in_use = kernel.LAUNCH_CONFIGS[key]
 
                 def step(config: kernel.LaunchConfig, pass_name: str = pass_name, key: tuple = key) -> None:
@@ -300,7 +305,9 @@ def tune_section(table: Table, device: torch.device, repeat: int, geometry: core
                     worst = max(relative_error(a, e) for a, e in zip(actual, expected))
                     results["candidates"][name] = {"max_rel_diff": worst}
                     if worst > TUNE_TOLERANCE[dtype_name]:
-                        results["wrong"].append(f"{name}: max|diff| / max|reference| {worst:.1e}")
+                        results["wrong"].append(
+                            f"{name}: max|diff| / max|reference| {worst:.1e} > {TUNE_TOLERANCE[dtype_name]:.0e}"
+                        )
                     else:
                         correct.append(config)
                 # The configuration in use is timed even if wrong (it is the baseline), but not chosen.
@@ -318,11 +325,11 @@ def tune_section(table: Table, device: torch.device, repeat: int, geometry: core
                                                      {})["ms"] = ms
                     if config in correct:
                         totals.setdefault(key, {}).setdefault(config, []).append(ms)
-    for (pass_name, queries), times in totals.items():
+    for key, times in totals.items():
         # Candidates wrong in one dtype have fewer times: only those timed in both compete.
         complete = {config: sum(ms) for config, ms in times.items() if len(ms) == max(map(len, times.values()))}
         fastest = min(complete, key=complete.get)
-        results["best"][f"{pass_name} {queries}"] = {"block_q": fastest.block_q, "num_warps": fastest.num_warps}
+        results["best"][" ".join(key)] = {"block_q": fastest.block_q, "num_warps": fastest.num_warps}
     return results
 
 
@@ -342,15 +349,14 @@ def print_best_configs(best: dict) -> None:
     """The fastest configurations (``tune_section``'s ``best``) as the module's ``LAUNCH_CONFIGS`` table."""
     from models.ms_deform_attn_triton import LAUNCH_CONFIGS, LaunchConfig
 
-    print("fastest launch configurations (least time summed over fp32 and bf16), as in models/ms_deform_attn_triton.py:")
-    print("LAUNCH_CONFIGS = {")
+    print("fastest launch configurations on this GPU (least time summed over the two dtypes), as entries of "
+          "LAUNCH_CONFIGS in models/ms_deform_attn_triton.py:")
     for key, in_use in LAUNCH_CONFIGS.items():
-        if " ".join(key) not in best:  # shapes with no launch of that kind
+        if " ".join(key) not in best:  # another GPU generation, or shapes with no launch of that kind
             continue
         config = LaunchConfig(**best[" ".join(key)])
         note = "in use" if config == in_use else f"in use: {config_label(in_use)}"
         print(f"    {key!r}: LaunchConfig(block_q={config.block_q}, num_warps={config.num_warps}),  # {note}")
-    print("}")
 
 
 def main() -> None:
@@ -419,7 +425,7 @@ def main() -> None:
               + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
     if "tune" in results:
         for wrong in results["tune"]["wrong"]:
-            print(f"tune: not chosen: {wrong} (tolerance {TUNE_TOLERANCE})")
+            print(f"tune: not chosen: {wrong}")
         print_best_configs(results["tune"]["best"])
     results["rows"] = table.rows
     results["seconds"] = time.perf_counter() - start

@@ -64,16 +64,26 @@ class LaunchConfig:
 # object query and frame), where a block of 64 queries would leave most lanes masked. More queries
 # (the encoder's, one per pixel of every level) use the "many" ones.
 FEW_QUERIES = 16
-# Launch configuration of each pass, by number of queries. Not yet timed on a GPU: `python
-# benchmarks/gpu.py --sections tune` times the candidates and prints the best as this table. Each
-# entry compiles for sm_90 without spilling registers (`python tools/triton_registers.py`, and tests).
+# GPU generations with launch configurations of their own: compute capability 9.0 and newer (Hopper,
+# Blackwell; also Triton's interpreter), which add four float32 values with one atomic instruction,
+# and the older ones Triton supports (Volta to Ada), which take four.
+GENERATIONS = ("sm90+", "sm70-89")
+# Launch configuration by GPU generation, pass and number of queries. Not yet timed on a GPU: `python
+# benchmarks/gpu.py --sections tune` times the candidates on its GPU and prints the best as this
+# table's entries. None spills registers on sm_75, 80, 86 or 90 (`python tools/triton_registers.py
+# --arch N`, and tests): the older generations' backward keeps the block of 64 queries with 8 warps
+# instead of 4, since with 16 tile elements per thread and scalar atomics it spills (sm_80: 248
+# bytes per thread in float32, sm_75: 328).
 LAUNCH_CONFIGS = {
-    ("forward", "many"): LaunchConfig(block_q=64, num_warps=4),
-    ("backward", "many"): LaunchConfig(block_q=64, num_warps=4),
-    ("forward", "few"): LaunchConfig(block_q=16, num_warps=4),
-    ("backward", "few"): LaunchConfig(block_q=16, num_warps=4),
+    ("sm90+", "forward", "many"): LaunchConfig(block_q=64, num_warps=4),
+    ("sm90+", "backward", "many"): LaunchConfig(block_q=64, num_warps=4),
+    ("sm90+", "forward", "few"): LaunchConfig(block_q=16, num_warps=4),
+    ("sm90+", "backward", "few"): LaunchConfig(block_q=16, num_warps=4),
+    ("sm70-89", "forward", "many"): LaunchConfig(block_q=64, num_warps=4),
+    ("sm70-89", "backward", "many"): LaunchConfig(block_q=64, num_warps=8),
+    ("sm70-89", "forward", "few"): LaunchConfig(block_q=16, num_warps=4),
+    ("sm70-89", "backward", "few"): LaunchConfig(block_q=16, num_warps=4),
 }
-
 # What `benchmarks/gpu.py --sections tune` times: 4 to 32 elements per thread of a [BLOCK_Q, 32]
 # tile (fewer leave threads without a whole 128-bit load; more spill registers in the backward).
 CANDIDATE_CONFIGS = tuple(
@@ -84,9 +94,15 @@ CANDIDATE_CONFIGS = tuple(
 )
 
 
-def launch_config(backward: bool, num_queries: int) -> LaunchConfig:
-    """The entry of :data:`LAUNCH_CONFIGS` for a forward or backward launch with ``num_queries`` queries."""
-    return LAUNCH_CONFIGS[("backward" if backward else "forward", "few" if num_queries <= FEW_QUERIES else "many")]
+def generation(capability: tuple[int, int] | None) -> str:
+    """The entry of :data:`GENERATIONS` of a GPU's compute capability (None: Triton's interpreter)."""
+    return "sm70-89" if capability is not None and capability < (9, 0) else "sm90+"
+
+
+def launch_config(backward: bool, num_queries: int, capability: tuple[int, int] | None) -> LaunchConfig:
+    """The entry of :data:`LAUNCH_CONFIGS` for a launch on a GPU of ``capability`` (None: the interpreter)."""
+    pass_name = "backward" if backward else "forward"
+    return LAUNCH_CONFIGS[(generation(capability), pass_name, "few" if num_queries <= FEW_QUERIES else "many")]
 
 
 def interpreter_enabled() -> bool:
@@ -242,11 +258,14 @@ def launch_arguments(
     config: LaunchConfig | None = None,
 ) -> tuple[tuple[int], tuple, dict]:
     """The grid, positional and keyword arguments of the kernel for a forward (``grads`` None) or
-    backward launch (see :func:`_launch`), with ``config`` or else :func:`launch_config`'s."""
+    backward launch (see :func:`_launch`), with ``config`` or else :func:`launch_config`'s for the
+    GPU of ``value``."""
     n, s, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
     compute_dtype = tl.float64 if value.dtype == torch.float64 else tl.float32
-    config = config or launch_config(grads is not None, lq)
+    if config is None:
+        capability = torch.cuda.get_device_capability(value.device) if value.is_cuda else None
+        config = launch_config(grads is not None, lq, capability)
     grid = (triton.cdiv(lq, config.block_q) * m * n,)
     grad_value, grad_loc, grad_attn = grads if grads is not None else (value, sampling_locations, attention_weights)
     args = (

@@ -1,16 +1,18 @@
 """Registers, spills and occupancy of the Triton deformable-attention kernel as compiled for a GPU, without a GPU.
 
-    python tools/triton_registers.py                # the launch configurations in use
+    python tools/triton_registers.py                # the launch configurations in use on sm_90 (H100, H200)
+    python tools/triton_registers.py --arch 80      # ... on sm_80 (A100)
     python tools/triton_registers.py --candidates   # every configuration benchmarks/gpu.py --sections tune times
 
 Compiles the kernel of ``models/ms_deform_attn_triton.py`` exactly as a launch at ReferFormer's
 shapes would (its own launch arguments, Triton's own argument specialisation: strides of 1 folded
 into the code, multiples of 16 marked as such; a stand-in driver answers Triton's questions about
-the device), for each pass, value dtype and configuration, and reads the cubin's resources with the
-``cuobjdump`` that ships with Triton: registers per thread, the stack frame per thread (the kernel
-has no local arrays and calls nothing, so a stack holds registers ptxas spilled: memory traffic the
-kernel was not written to make) and shared memory per program. Occupancy is the number of warps an SM can hold given those, from the
-architecture's limits (:data:`SM_LIMITS`). A few seconds per configuration.
+the device), for each pass, value dtype (float32, and what ``--amp`` gives the kernel on that GPU)
+and configuration, and reads the cubin's resources with the ``cuobjdump`` that ships with Triton:
+registers per thread, the stack frame per thread (the kernel has no local arrays and calls nothing,
+so a stack holds registers ptxas spilled: memory traffic the kernel was not written to make) and
+shared memory per program. Occupancy is the number of warps an SM can hold given those, from the
+architecture's limits (:data:`SM_LIMITS`). About a second per configuration.
 
 Shapes: 5 frames of 360x640 (levels 45x80, 23x40, 12x20, 6x10), 8 heads of 32 channels, 4 points;
 the encoder's 4820 queries per frame ("many") and the decoder's 5 ("few").
@@ -37,7 +39,6 @@ if str(ROOT) not in sys.path:
 LEVELS = ((45, 80), (23, 40), (12, 20), (6, 10))
 FRAMES, HEADS, CHANNELS, POINTS = 5, 8, 32, 4
 QUERIES = {"many": sum(h * w for h, w in LEVELS), "few": 5}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,10 @@ class SmLimits:
 
 
 SM_LIMITS = {
+    75: SmLimits(registers=65536, warps=32, blocks=16, shared_bytes=64 * 1024),  # T4, RTX 20
     80: SmLimits(registers=65536, warps=64, blocks=32, shared_bytes=164 * 1024),  # A100
+    86: SmLimits(registers=65536, warps=48, blocks=16, shared_bytes=100 * 1024),  # RTX 30, A10, A40
+    89: SmLimits(registers=65536, warps=48, blocks=24, shared_bytes=100 * 1024),  # RTX 40, L4, L40
     90: SmLimits(registers=65536, warps=64, blocks=32, shared_bytes=228 * 1024),  # H100, H200
 }
 REGISTER_ALLOCATION_UNIT = 256  # registers are given to a warp in blocks of 256 (8 per thread)
@@ -145,15 +149,20 @@ def main() -> None:
     parser.add_argument("--candidates", action="store_true",
                         help="every configuration benchmarks/gpu.py --sections tune times, not only those in use")
     parser.add_argument("--arch", type=int, default=90, choices=sorted(SM_LIMITS),
-                        help="compute capability as one number (90: H100/H200, 80: A100)")
+                        help="compute capability as one number (90: H100/H200, 80: A100, 75: T4)")
     args = parser.parse_args()
 
     from benchmarks.text_table import print_table
-    from models.ms_deform_attn_triton import CANDIDATE_CONFIGS, LAUNCH_CONFIGS
+    from models.ms_deform_attn_triton import CANDIDATE_CONFIGS, LAUNCH_CONFIGS, generation
 
+    gpu = generation(divmod(args.arch, 10))
+    # float32, and what --amp gives the kernel there: bfloat16 from compute capability 8.0, else float16.
+    dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if args.arch >= 80 else {"fp16": torch.float16})}
     rows = []
-    for (pass_name, queries), in_use in LAUNCH_CONFIGS.items():
-        for dtype_name, dtype in DTYPES.items():
+    for (config_gpu, pass_name, queries), in_use in LAUNCH_CONFIGS.items():
+        if config_gpu != gpu:
+            continue
+        for dtype_name, dtype in dtypes.items():
             for config in CANDIDATE_CONFIGS if args.candidates else (in_use,):
                 usage = resources(compile_launch(config, pass_name == "backward", dtype, queries, args.arch))
                 rows.append((
@@ -161,7 +170,7 @@ def main() -> None:
                     str(config.num_warps), "yes" if config == in_use else "", str(usage.registers),
                     str(usage.stack_bytes), str(usage.shared_bytes), str(usage.warps_per_sm(config.num_warps, args.arch)),
                 ))  # fmt: skip
-    print(f"Triton {__import__('triton').__version__}, sm_{args.arch}")
+    print(f"Triton {__import__('triton').__version__}, sm_{args.arch} (launch configurations of {gpu})")
     print_table(("pass", "queries", "value", "BLOCK_Q", "warps", "in use", "registers", "stack bytes (spills)",
                  "shared bytes", "warps per SM"), rows)  # fmt: skip
 

@@ -42,37 +42,49 @@ def test_triton_kernels_under_the_interpreter() -> None:
     )
 
 
-# The entries of the Triton core's LAUNCH_CONFIGS (its module imports Triton: read it in the tests).
-LAUNCH_KEYS = [(pass_name, queries) for pass_name in ("forward", "backward") for queries in ("many", "few")]
+# GPUs the launch configurations are compiled for in the tests: T4 (sm_75), A100, RTX 30 (sm_86), H100/H200.
+ARCHS = (75, 80, 86, 90)
 
 
-@pytest.mark.parametrize("key", LAUNCH_KEYS, ids=lambda key: "-".join(key))
-@pytest.mark.parametrize("value_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_triton_kernel_compiles_for_hopper_without_spilling(key: tuple[str, str], value_dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("queries", ["many", "few"])
+@pytest.mark.parametrize("pass_name", ["forward", "backward"])
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda arch: f"sm{arch}")
+def test_triton_kernel_compiles_without_spilling(arch: int, pass_name: str, queries: str) -> None:
     """The interpreter does not compile: compile the kernel as a launch at the model's shapes would
-    (Triton IR to PTX to cubin for sm_90, no GPU needed), with each launch configuration in use, and
-    read the cubin's resources: no register spilled (no stack frame)."""
+    (Triton IR to PTX to cubin, no GPU needed) with the launch configuration in use on each GPU, in
+    float32 and in the dtype --amp gives it there, and read the cubin's resources: no register
+    spilled (no stack frame)."""
     pytest.importorskip("triton", reason="Triton is not installed")
-    from models.ms_deform_attn_triton import LAUNCH_CONFIGS
-    from tools.triton_registers import compile_launch, resources
+    from models.ms_deform_attn_triton import launch_config
+    from tools.triton_registers import QUERIES, compile_launch, resources
 
-    pass_name, queries = key
-    compiled = compile_launch(LAUNCH_CONFIGS[key], pass_name == "backward", value_dtype, queries, arch=90)
-    ptx = compiled.asm["ptx"]
-    assert ".target sm_90a" in ptx
-    assert ("atom.global" in ptx) == (pass_name == "backward")  # only the backward scatters, with atomic adds
-    usage = resources(compiled)
-    assert usage.stack_bytes == 0 and 0 < usage.registers <= 255, usage
+    config = launch_config(pass_name == "backward", QUERIES[queries], divmod(arch, 10))
+    for value_dtype in (torch.float32, torch.bfloat16 if arch >= 80 else torch.float16):
+        compiled = compile_launch(config, pass_name == "backward", value_dtype, queries, arch)
+        ptx = compiled.asm["ptx"]
+        assert f".target sm_{arch}" in ptx
+        assert ("atom.global" in ptx) == (pass_name == "backward")  # only the backward scatters, with atomic adds
+        # sm_90 adds four float32 values with one atomic instruction; older GPUs take four.
+        assert ("atom.global.gpu.relaxed.add.v4.f32" in ptx) == (pass_name == "backward" and arch >= 90)
+        usage = resources(compiled)
+        assert usage.stack_bytes == 0 and 0 < usage.registers <= 255, (value_dtype, usage)
 
 
-def test_launch_configuration_by_pass_and_queries() -> None:
-    """The decoder's few queries and the encoder's many get their own configurations; the grid
-    covers every query of every sample and head in blocks of the configuration's size."""
+def test_launch_configuration_by_gpu_pass_and_queries() -> None:
+    """Each GPU generation, pass and number of queries (the decoder's few, the encoder's many) has
+    its configuration; the grid covers every query of every sample and head in blocks of its size."""
     pytest.importorskip("triton", reason="Triton is not installed")
-    from models.ms_deform_attn_triton import FEW_QUERIES, LAUNCH_CONFIGS, launch_arguments
+    from models.ms_deform_attn_triton import FEW_QUERIES, GENERATIONS, LAUNCH_CONFIGS, launch_arguments, launch_config
 
-    assert sorted(LAUNCH_CONFIGS) == sorted(LAUNCH_KEYS)
+    assert sorted(LAUNCH_CONFIGS) == sorted(
+        (gpu, pass_name, queries) for gpu in GENERATIONS for pass_name in ("forward", "backward")
+        for queries in ("many", "few")
+    )  # fmt: skip
+    for capability, gpu in (((7, 0), "sm70-89"), ((8, 9), "sm70-89"), ((9, 0), "sm90+"), ((12, 0), "sm90+")):
+        assert launch_config(True, 4820, capability) == LAUNCH_CONFIGS[(gpu, "backward", "many")]
+        assert launch_config(False, 5, capability) == LAUNCH_CONFIGS[(gpu, "forward", "few")]
 
+    # Tensors on the CPU (Triton's interpreter): the newest generation's configurations.
     n, m, d, levels, points = 2, 3, 8, [(5, 6), (2, 3)], 2
     s = sum(h * w for h, w in levels)
     shapes, starts = torch.tensor(levels, dtype=torch.int32), torch.tensor([0, 30], dtype=torch.int32)
@@ -81,7 +93,7 @@ def test_launch_configuration_by_pass_and_queries() -> None:
         locations, weights = torch.zeros(n, lq, m, len(levels), points, 2), torch.zeros(n, lq, m, len(levels), points)
         grads = (torch.zeros(value.shape), torch.zeros(locations.shape), torch.zeros(weights.shape))
         for pass_name, pass_grads in (("forward", None), ("backward", grads)):
-            config = LAUNCH_CONFIGS[(pass_name, queries)]
+            config = LAUNCH_CONFIGS[("sm90+", pass_name, queries)]
             grid, args, kwargs = launch_arguments(value, shapes, starts, locations, weights, output, pass_grads)
             assert (kwargs["BLOCK_Q"], kwargs["num_warps"]) == (config.block_q, config.num_warps)
             assert grid == (-(-lq // config.block_q) * m * n,)
