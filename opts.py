@@ -202,8 +202,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              help="implementation of the deformable-attention core (same results up to float "
                                   "rounding): triton (a Triton kernel, CUDA only, compiled at first use), pytorch "
                                   "(pure PyTorch, embedding_bag; fastest on the CPU), reference (pure PyTorch, "
-                                  "grid_sample). auto: triton on CUDA when Triton is importable and supports the "
-                                  "GPU and dtypes, else reference on CUDA (pytorch's backward is slow there); "
+                                  "grid_sample). auto: triton on CUDA when Triton is importable, supports the GPU and "
+                                  "dtypes and its kernel builds, else reference on CUDA (pytorch's backward is slow "
+                                  "there); "
                                   "pytorch on the CPU (reference there for training with at most 8 channels per head, "
                                   "where it is faster)")
     transformer.add_argument("--pre_norm", action="store_true", help=NO_EFFECT_HELP)

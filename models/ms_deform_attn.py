@@ -389,11 +389,33 @@ def _triton_import_error() -> str | None:
     return None
 
 
+# Why the Triton kernel failed to build or launch in this process, once it has (``auto`` then uses
+# the grid_sample core for the rest of the process): e.g. no C compiler for Triton's launcher, or a
+# driver too old for its PTX. Empty while it has not.
+_triton_failure: list[str] = []
+
+
+def record_triton_failure(error: BaseException) -> None:
+    """Note that the Triton kernel failed to build or launch here (``error``); ``auto`` stops choosing it."""
+    if not _triton_failure:
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        _triton_failure.append(f"it failed to build or launch in this process ({type(error).__name__}: {first_line})")
+
+
+def falls_back_from(error: BaseException) -> bool:
+    """Whether ``auto`` falls back to the grid_sample core after the Triton kernel raised ``error``:
+    anything but a bad input (``ValueError``) and the GPU being out of memory (the grid_sample core
+    needs more), which are the caller's to see."""
+    return isinstance(error, Exception) and not isinstance(error, (ValueError, torch.OutOfMemoryError))
+
+
 def triton_unavailable_reason(device: torch.device, dtypes: tuple[torch.dtype, ...]) -> str | None:
     """Why the Triton core cannot run on ``device`` with inputs of ``dtypes``; None when it can."""
     error = _triton_import_error()
     if error is not None:
         return f"Triton cannot be imported ({error})"
+    if _triton_failure:
+        return f"the Triton kernel cannot be used: {_triton_failure[0]}"
     unsupported = [dtype for dtype in dtypes if dtype not in TRITON_DTYPES]
     if unsupported:
         return f"dtype {unsupported[0]} is not supported by the Triton kernel (it reads {list(TRITON_DTYPES)})"
@@ -432,8 +454,9 @@ def select_core_impl(
     ``"pytorch"`` and ``"reference"`` always run as asked. ``"triton"`` raises ``RuntimeError``
     saying why when the kernel cannot run here. ``"auto"``:
 
-    - CUDA: ``"triton"`` when it can run; otherwise ``"reference"`` (grid_sample), with one logged
-      line. Not ``"pytorch"``: its embedding_bag backward is pathologically slow on CUDA. Measured
+    - CUDA: ``"triton"`` when it can run (and its kernel has not failed to build or launch in this
+      process, :func:`record_triton_failure`); otherwise ``"reference"`` (grid_sample), with one
+      logged line. Not ``"pytorch"``: its embedding_bag backward is pathologically slow on CUDA. Measured
       on an H200 at ReferFormer's encoder shapes (5 frames of 360x640, Lq = S = 4820 per frame):
       forward + backward 62.6 ms with the embedding_bag core vs 6.5 ms with grid_sample (forward
       alone 2.68 vs 2.23 ms).
@@ -495,7 +518,19 @@ def ms_deform_attn_core(
     if chosen == "triton":
         from models.ms_deform_attn_triton import ms_deform_attn_core_triton
 
-        return ms_deform_attn_core_triton(value, value_spatial_shapes, sampling_locations, attention_weights)
+        if impl == "triton":
+            return ms_deform_attn_core_triton(value, value_spatial_shapes, sampling_locations, attention_weights)
+        # auto: if the kernel cannot be built or launched here, say why once and use grid_sample from
+        # now on (a backward that fails likewise computes its gradients with grid_sample).
+        try:
+            return ms_deform_attn_core_triton(
+                value, value_spatial_shapes, sampling_locations, attention_weights, fallback=ms_deform_attn_core_pytorch
+            )
+        except Exception as error:
+            if not falls_back_from(error):
+                raise
+            record_triton_failure(error)
+            chosen = select_core_impl(impl, value.device, dtypes, channels_per_head=value.shape[-1], backward=backward)
     core = ms_deform_attn_core_sparse if chosen == "pytorch" else ms_deform_attn_core_pytorch
     return core(value, value_spatial_shapes, sampling_locations, attention_weights)
 

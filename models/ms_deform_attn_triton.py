@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import torch
 import triton
@@ -49,7 +50,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from models.ms_deform_attn import TRITON_DTYPES
+from models.ms_deform_attn import TRITON_DTYPES, falls_back_from, record_triton_failure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,12 +327,15 @@ class _TritonMSDeformAttn(torch.autograd.Function):
         level_starts: Tensor,
         sampling_locations: Tensor,
         attention_weights: Tensor,
+        shapes: tuple[tuple[int, int], ...],
+        fallback: Callable | None,
     ) -> Tensor:
         n, _, m, d = value.shape
         lq = sampling_locations.shape[1]
         output = value.new_empty(n, lq, m * d)
         _launch(value, spatial_shapes, level_starts, sampling_locations, attention_weights, output, None)
         ctx.save_for_backward(value, spatial_shapes, level_starts, sampling_locations, attention_weights)
+        ctx.shapes, ctx.fallback = shapes, fallback
         return output
 
     @staticmethod
@@ -342,10 +346,18 @@ class _TritonMSDeformAttn(torch.autograd.Function):
         grad_value = torch.zeros(value.shape, dtype=accumulate_dtype, device=value.device)
         grad_loc = torch.empty(sampling_locations.shape, dtype=sampling_locations.dtype, device=value.device)
         grad_attn = torch.empty(attention_weights.shape, dtype=attention_weights.dtype, device=value.device)
-        _launch(
-            value, spatial_shapes, level_starts, sampling_locations, attention_weights, grad_output,
-            (grad_value, grad_loc, grad_attn),
-        )  # fmt: skip
+        try:
+            _launch(
+                value, spatial_shapes, level_starts, sampling_locations, attention_weights, grad_output,
+                (grad_value, grad_loc, grad_attn),
+            )  # fmt: skip
+        except Exception as error:
+            if ctx.fallback is None or not falls_back_from(error):
+                raise
+            record_triton_failure(error)
+            grad_value, grad_loc, grad_attn = _fallback_gradients(
+                ctx.fallback, value, ctx.shapes, sampling_locations, attention_weights, grad_output
+            )
         needs = ctx.needs_input_grad
         return (
             grad_value.to(value.dtype) if needs[0] else None,
@@ -353,7 +365,20 @@ class _TritonMSDeformAttn(torch.autograd.Function):
             None,
             grad_loc if needs[3] else None,
             grad_attn if needs[4] else None,
+            None,
+            None,
         )
+
+
+def _fallback_gradients(
+    core: Callable, value: Tensor, shapes: tuple[tuple[int, int], ...], sampling_locations: Tensor,
+    attention_weights: Tensor, grad_output: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The three gradients by differentiating ``core`` (the grid_sample core) at the same inputs."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in (value, sampling_locations, attention_weights)]
+        output = core(leaves[0], list(shapes), leaves[1], leaves[2])
+        return torch.autograd.grad(output, leaves, grad_output.to(output.dtype))  # fmt: skip
 
 
 def ms_deform_attn_core_triton(
@@ -361,6 +386,7 @@ def ms_deform_attn_core_triton(
     value_spatial_shapes: Tensor | list[tuple[int, int]],
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    fallback: Callable | None = None,
 ) -> Tensor:
     """The core op on the Triton kernel (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
 
@@ -373,6 +399,9 @@ def ms_deform_attn_core_triton(
             tensor (a CUDA tensor costs a host synchronisation to read).
         sampling_locations: ``[N, Lq, M, L, P, 2]`` normalised ``(x, y)``.
         attention_weights: ``[N, Lq, M, L, P]``.
+        fallback: a core with this function's first four arguments (the grid_sample core, under
+            ``impl="auto"``) that computes the gradients if the backward kernel fails to build or
+            launch (:func:`models.ms_deform_attn.falls_back_from`); None: the error propagates.
 
     Returns:
         ``[N, Lq, M*D]`` (head-major channels), in the dtype of ``value``; differentiable in
@@ -409,5 +438,7 @@ def ms_deform_attn_core_triton(
         value, sampling_locations, attention_weights = (
             t.to(torch.float64) for t in (value, sampling_locations, attention_weights)
         )
-    output = _TritonMSDeformAttn.apply(value, spatial_shapes, level_starts, sampling_locations, attention_weights)
+    output = _TritonMSDeformAttn.apply(
+        value, spatial_shapes, level_starts, sampling_locations, attention_weights, shapes, fallback
+    )
     return output.to(out_dtype)

@@ -183,6 +183,47 @@ def test_auto_falls_back_to_grid_sample_on_cuda_with_one_log_line(
         select_core_impl("triton", CUDA, dtypes)
 
 
+def test_auto_falls_back_when_the_kernel_fails_to_build(
+    fake_gpu, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A GPU where Triton imports but its kernel cannot be built or launched (here: no C compiler for
+    Triton's launcher): auto says why once and computes with grid_sample for the rest of the
+    process; an explicit triton, a bad input and running out of memory raise."""
+    triton_module = pytest.importorskip("models.ms_deform_attn_triton", reason="Triton is not installed")
+    monkeypatch.setattr(ms_deform_attn, "_triton_failure", [])
+    real_select = ms_deform_attn.select_core_impl
+    # The tensors are on the CPU; the rule picks as for them on the (faked) GPU.
+    monkeypatch.setattr(ms_deform_attn, "select_core_impl", lambda impl, device, *a, **k: real_select(impl, CUDA, *a, **k))
+    no_compiler = RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+    raised, attempts = [no_compiler], []
+
+    def unbuildable(*args, **kwargs):
+        attempts.append(kwargs)
+        raise raised[0]
+
+    monkeypatch.setattr(triton_module, "ms_deform_attn_core_triton", unbuildable)
+    value, spatial_shapes, locations, weights = random_core_inputs([(3, 4)], 1, 5, 2, 2, 1, seed=0, dtype=torch.float32)
+    expected = ms_deform_attn_core_pytorch(value, spatial_shapes, locations, weights)
+
+    with pytest.raises(RuntimeError, match="C compiler"):  # asked for explicitly: the error itself
+        ms_deform_attn_core(value, spatial_shapes, locations, weights, impl="triton")
+    for error in (torch.OutOfMemoryError("CUDA out of memory"), ValueError("value: expected ...")):
+        raised[0] = error
+        with pytest.raises(type(error)):
+            ms_deform_attn_core(value, spatial_shapes, locations, weights)
+    assert ms_deform_attn._triton_failure == []
+
+    raised[0] = no_compiler
+    with caplog.at_level(logging.WARNING, logger="models.ms_deform_attn"):
+        for _ in range(3):
+            assert torch.equal(ms_deform_attn_core(value, spatial_shapes, locations, weights), expected)
+    assert len(attempts) == 4 and attempts[-1]["fallback"] is ms_deform_attn_core_pytorch  # tried once under auto
+    assert len(caplog.records) == 1, caplog.text
+    assert re.search("failed to build or launch in this process .*RuntimeError: Failed to find C compiler", caplog.text)
+    with pytest.raises(RuntimeError, match="impl 'triton' cannot run: .*failed to build or launch"):
+        ms_deform_attn_core(value, spatial_shapes, locations, weights, impl="triton")
+
+
 def test_explicit_choices_run_as_asked(fake_gpu) -> None:
     fake_gpu("ModuleNotFoundError: No module named 'triton'")
     for device in (CPU, CUDA):

@@ -93,6 +93,37 @@ def test_triton_core_any_candidate_block_of_queries(block_q: int, monkeypatch: p
     assert_matches_reference([(4, 6), (2, 3)], 1, 70, 2, 8, 1, torch.float64, FLOAT64_REL, seed=block_q)
 
 
+def test_triton_backward_that_fails_to_build_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forward ran on the kernel, the backward's kernel cannot be built: with a fallback core
+    (as auto passes) the gradients come from it, and auto stops choosing Triton; without, the
+    error propagates."""
+    from models import ms_deform_attn, ms_deform_attn_triton
+
+    monkeypatch.setattr(ms_deform_attn, "_triton_failure", [])
+    launch = ms_deform_attn_triton._launch
+
+    def forward_only(*args):
+        if args[-1] is not None:  # the gradient buffers: a backward launch
+            raise RuntimeError("PTX .version 9.0 does not support .target sm_90a")
+        launch(*args)
+
+    monkeypatch.setattr(ms_deform_attn_triton, "_launch", forward_only)
+    value, spatial_shapes, locations, weights = random_core_inputs([(4, 5), (2, 3)], 1, 9, 2, 3, 2, seed=4,
+                                                                   dtype=torch.float64)
+    grad_output = torch.randn(1, 9, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="PTX"):
+        run_core(triton_core, value, spatial_shapes, locations, weights, grad_output)
+
+    def with_fallback(*args):
+        return ms_deform_attn_core_triton(*args, fallback=ms_deform_attn_core_pytorch)
+
+    expected = run_core(ms_deform_attn_core_pytorch, value, spatial_shapes, locations, weights, grad_output)
+    actual = run_core(with_fallback, value, spatial_shapes, locations, weights, grad_output)
+    for name, a, e in zip(GRAD_NAMES, actual, expected):
+        assert_close_to_scale(a, e, FLOAT64_REL, name)
+    assert "failed to build or launch in this process (RuntimeError: PTX" in ms_deform_attn._triton_failure[0]
+
+
 def test_triton_core_borders_and_outside() -> None:
     """Points on the borders, just inside and just outside them, and far off the map, in x and y.
 
