@@ -371,14 +371,18 @@ class _TritonMSDeformAttn(torch.autograd.Function):
 
 
 def _fallback_gradients(
-    core: Callable, value: Tensor, shapes: tuple[tuple[int, int], ...], sampling_locations: Tensor,
-    attention_weights: Tensor, grad_output: Tensor,
+    core: Callable,
+    value: Tensor,
+    shapes: tuple[tuple[int, int], ...],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    grad_output: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The three gradients by differentiating ``core`` (the grid_sample core) at the same inputs."""
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_() for t in (value, sampling_locations, attention_weights)]
         output = core(leaves[0], list(shapes), leaves[1], leaves[2])
-        return torch.autograd.grad(output, leaves, grad_output.to(output.dtype))  # fmt: skip
+        return torch.autograd.grad(output, leaves, grad_output.to(output.dtype))
 
 
 def ms_deform_attn_core_triton(
