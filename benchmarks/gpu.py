@@ -39,12 +39,13 @@ measurements without the Triton rows, slowly: for checking the script).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -280,38 +281,35 @@ def tune_section(table: Table, device: torch.device, repeat: int, geometry: core
                 key = (gpu, pass_name, queries)
                 in_use = kernel.LAUNCH_CONFIGS[key]
 
+                def name(config: kernel.LaunchConfig, pass_name: str = pass_name) -> str:
+                    return f"{scenario} {dtype_name} {pass_name} {config_label(config)}"
+
                 def step(config: kernel.LaunchConfig, pass_name: str = pass_name, key: tuple = key) -> None:
-                    kernel.LAUNCH_CONFIGS[key] = config
-                    try:
+                    with launch_config_set(key, config):
                         if pass_name == "forward":
                             with torch.no_grad():
                                 ms_deform_attn_core(low_value, shape_list, locations, weights, impl="triton")
                         else:
                             torch.autograd.grad(output, leaves, low_grad, retain_graph=True)
-                    finally:
-                        kernel.LAUNCH_CONFIGS[key] = in_use
 
                 correct = []
                 for config in dict.fromkeys([*kernel.CANDIDATE_CONFIGS, in_use]):
-                    name = f"{scenario} {dtype_name} {pass_name} {config_label(config)}"
-                    kernel.LAUNCH_CONFIGS[key] = config
                     try:
-                        actual = run_core_with_grads("triton", low_value, shape_list, locations, weights, low_grad)
+                        with launch_config_set(key, config):
+                            actual = run_core_with_grads("triton", low_value, shape_list, locations, weights, low_grad)
                     except Exception as error:  # e.g. more shared memory or registers than the GPU has
-                        results["wrong"].append(f"{name}: {type(error).__name__}: {error}")
+                        results["wrong"].append(f"{name(config)}: {type(error).__name__}: {error}")
                         continue
-                    finally:
-                        kernel.LAUNCH_CONFIGS[key] = in_use
                     worst = max(relative_error(a, e) for a, e in zip(actual, expected))
-                    results["candidates"][name] = {"max_rel_diff": worst}
+                    results["candidates"][name(config)] = {"max_rel_diff": worst}
                     if worst > TUNE_TOLERANCE[dtype_name]:
                         results["wrong"].append(
-                            f"{name}: max|diff| / max|reference| {worst:.1e} > {TUNE_TOLERANCE[dtype_name]:.0e}"
+                            f"{name(config)}: max|diff| / max|reference| {worst:.1e} > {TUNE_TOLERANCE[dtype_name]:.0e}"
                         )
                     else:
                         correct.append(config)
                 # The configuration in use is timed even if wrong (it is the baseline), but not chosen.
-                ran = f"{scenario} {dtype_name} {pass_name} {config_label(in_use)}" in results["candidates"]
+                ran = name(in_use) in results["candidates"]
                 timed = [*correct, in_use] if ran and in_use not in correct else correct
                 seconds = core_bench.median_seconds(
                     {config: (lambda config=config: step(config)) for config in timed}, device, repeat
@@ -321,8 +319,7 @@ def tune_section(table: Table, device: torch.device, repeat: int, geometry: core
                     ms = 1e3 * seconds[config]
                     label = config_label(config) + (" (in use)" if config == in_use else "")
                     table.add(f"tune {scenario} {dtype_name}", pass_name, label, ms, None, baseline)
-                    results["candidates"].setdefault(f"{scenario} {dtype_name} {pass_name} {config_label(config)}",
-                                                     {})["ms"] = ms
+                    results["candidates"].setdefault(name(config), {})["ms"] = ms
                     if config in correct:
                         totals.setdefault(key, {}).setdefault(config, []).append(ms)
     for key, times in totals.items():
@@ -331,6 +328,19 @@ def tune_section(table: Table, device: torch.device, repeat: int, geometry: core
         fastest = min(complete, key=complete.get)
         results["best"][" ".join(key)] = {"block_q": fastest.block_q, "num_warps": fastest.num_warps}
     return results
+
+
+@contextlib.contextmanager
+def launch_config_set(key: tuple[str, str, str], config) -> Iterator[None]:
+    """The Triton kernel's ``LAUNCH_CONFIGS[key]`` is ``config`` inside the block, as before after it."""
+    from models.ms_deform_attn_triton import LAUNCH_CONFIGS
+
+    in_use = LAUNCH_CONFIGS[key]
+    LAUNCH_CONFIGS[key] = config
+    try:
+        yield
+    finally:
+        LAUNCH_CONFIGS[key] = in_use
 
 
 def config_label(config) -> str:

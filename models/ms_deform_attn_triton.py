@@ -283,20 +283,11 @@ def launch_arguments(
     return grid, args, kwargs
 
 
-def _launch(
-    value: Tensor,
-    spatial_shapes: Tensor,
-    level_starts: Tensor,
-    sampling_locations: Tensor,
-    attention_weights: Tensor,
-    output_or_grad: Tensor,
-    grads: tuple[Tensor, Tensor, Tensor] | None,
-) -> None:
-    """Run the forward (``grads`` None: writes ``output_or_grad``) or the backward (reads the output
-    gradient ``output_or_grad``, accumulates/writes ``grads = (grad_value, grad_loc, grad_attn)``)."""
-    grid, args, kwargs = launch_arguments(
-        value, spatial_shapes, level_starts, sampling_locations, attention_weights, output_or_grad, grads
-    )
+def _launch(*inputs: Tensor | tuple[Tensor, Tensor, Tensor] | None) -> None:
+    """Run the launch :func:`launch_arguments` builds from ``inputs`` (its arguments up to ``grads``):
+    the forward (``grads`` None: writes ``output_or_grad``) or the backward (reads the output gradient
+    ``output_or_grad``, accumulates/writes ``grads = (grad_value, grad_loc, grad_attn)``)."""
+    grid, args, kwargs = launch_arguments(*inputs)
     if grid[0] == 0:  # no queries: nothing to write, and Triton rejects an empty grid
         return
     _kernel(interpreter_enabled())[grid](*args, **kwargs)
